@@ -1,0 +1,3 @@
+"""ptune: prompt-based parameter-efficient tuning of frozen language models."""
+
+__version__ = "0.1.0"

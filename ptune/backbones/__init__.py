@@ -1,0 +1,90 @@
+"""Backbone loading: hub id (or the local hub cache), or a random-init config for tests; always frozen."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, T5Config, T5ForConditionalGeneration
+
+from ptune.backbones.base import Backbone, Output
+from ptune.backbones.bert import BertBackbone
+from ptune.backbones.t5 import T5Backbone
+from ptune.config import ModelConfig
+from ptune.errors import ModelError, unknown
+from ptune.tasks.base import Task
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_CONFIGS = {"bert": BertConfig, "t5": T5Config}
+DROPOUT_KEYS = {"bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"), "t5": ("dropout_rate",)}
+
+
+def attn_implementation(cfg: ModelConfig, device: torch.device, precision: str) -> str:
+    """``auto``: eager for bf16 on CPU (its SDPA backward was slower here, docs/benchmarks.md), else SDPA."""
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    return "eager" if device.type == "cpu" and precision != "fp32" else "sdpa"
+
+
+def _not_found(cfg: ModelConfig, err: Exception) -> ModelError:
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface/hub"
+    offline = os.environ.get("HF_HUB_OFFLINE", "0")
+    return ModelError(
+        f"model {cfg.hf_id!r} could not be loaded (HF_HUB_OFFLINE={offline}, HF_HUB_CACHE={cache}): "
+        f"{str(err).splitlines()[0]}; put it in that cache or choose another model=..."
+    )
+
+
+def _model_config(cfg: ModelConfig, attn: str):
+    overrides: dict = dict(cfg.config_overrides)
+    if cfg.dropout is not None:
+        overrides.update({k: cfg.dropout for k in DROPOUT_KEYS[cfg.family]})
+    if cfg.hf_id:
+        config = AutoConfig.from_pretrained(cfg.hf_id, trust_remote_code=cfg.trust_remote_code, **overrides)
+    else:
+        config = DEFAULT_CONFIGS[cfg.family](**overrides)
+    config._attn_implementation = attn
+    return config
+
+
+def _load_model(cfg: ModelConfig, dtype: torch.dtype, attn: str):
+    config = _model_config(cfg, attn)
+    cls = T5ForConditionalGeneration if cfg.family == "t5" else AutoModel
+    if cfg.random_init:
+        torch.manual_seed(0)  # a tiny random backbone is the same in every process
+        if cfg.family == "bert":
+            config.add_pooling_layer = True
+        model = (cls.from_config if cls is AutoModel else cls)(config)
+        return model.to(dtype)
+    kwargs = {"dtype": dtype, "attn_implementation": attn, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.family == "bert":
+        kwargs["add_pooling_layer"] = True
+    return cls.from_pretrained(cfg.hf_id, config=config, **kwargs)
+
+
+def load(
+    cfg: ModelConfig, tasks: list[Task], precision: str = "fp32", device: torch.device | None = None
+) -> Backbone:
+    """Load, freeze and place the backbone; the frozen body is stored in the run's precision."""
+    if cfg.family not in BUILDERS:
+        raise unknown("model family", cfg.family, BUILDERS)
+    device = device or torch.device("cpu")
+    attn = attn_implementation(cfg, device, precision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_id or cfg.hf_id)
+        model = _load_model(cfg, DTYPES[precision], attn)
+    except OSError as err:
+        raise _not_found(cfg, err) from None
+    backbone = BUILDERS[cfg.family](model, tokenizer, tasks, cfg)
+    return backbone.to(device)
+
+
+BUILDERS: dict[str, Callable[..., Backbone]] = {
+    "bert": lambda model, tok, tasks, cfg: BertBackbone(
+        model, tok, {t.name: (t.head, t.num_labels) for t in tasks}, cfg.prompt_position
+    ),
+    "t5": lambda model, tok, tasks, cfg: T5Backbone(model, tok),
+}
+
+__all__ = ["Backbone", "Output", "load", "attn_implementation"]

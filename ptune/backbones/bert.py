@@ -1,0 +1,142 @@
+"""BERT-family backbones (BERT, RoBERTa, MiniLM, ...): a frozen encoder plus trainable task heads.
+
+Prompt placement:
+* soft tokens (``Prompt.embeds``) go right after [CLS] by default (``model.prompt_position=after_cls``),
+  so the pooled first token is still [CLS]; ``start`` puts them before [CLS], which is what Hugging Face
+  PEFT does (tests/backbones/test_peft_equivalence.py pins both). Soft tokens take token type 0.
+* deep prompts (``Prompt.keys_values``) enter every self-attention layer through a ``DynamicCache``
+  that already holds the prefix; the attention mask is extended by ones in front, position ids shift
+  by the prefix length (transformers does this for any past), exactly as in PEFT and P-Tuning v2.
+
+Heads (P-Tuning v2's official code): dropout + linear on the pooled first token (the model's pooler
+when it has one) for classification / regression / multiple choice; span classification (WSC) pools
+the tokens of each span and classifies the pair.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import DynamicCache
+
+from ptune.backbones.base import Backbone, Output, cast_kv
+from ptune.methods.base import BackboneDims, Prompt
+
+
+class Head(nn.Module):
+    def __init__(self, kind: str, hidden: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.kind = kind
+        self.dropout = nn.Dropout(dropout)
+        in_dim = 2 * hidden if kind == "span" else hidden
+        self.classifier = nn.Linear(in_dim, 1 if kind in ("regression", "multiple_choice") else num_labels)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.classifier(self.dropout(pooled.float()))
+
+
+class BertBackbone(Backbone):
+    family = "bert"
+
+    def __init__(self, model: nn.Module, tokenizer, heads: dict[str, tuple[str, int]], prompt_position: str):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompt_position = prompt_position
+        self.freeze()
+        hidden = model.config.hidden_size
+        dropout = getattr(model.config, "classifier_dropout", None)
+        dropout = model.config.hidden_dropout_prob if dropout is None else dropout
+        self.heads = nn.ModuleDict({t: Head(k, hidden, n, dropout) for t, (k, n) in heads.items()})
+
+    def dims(self) -> BackboneDims:
+        c = self.model.config
+        return BackboneDims(
+            hidden_size=c.hidden_size,
+            num_layers=c.num_hidden_layers,
+            num_heads=c.num_attention_heads,
+            head_dim=c.hidden_size // c.num_attention_heads,
+            decoder_layers=0,
+            word_embeddings=self.model.get_input_embeddings().weight,
+            tokenize=lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"],
+            common_token_ids=common_word_ids(self.tokenizer),
+        )
+
+    def encode(self, input_ids: Tensor, mask: Tensor, token_types: Tensor | None, prompt: Prompt) -> Tensor:
+        """Last hidden states for the input positions (soft-token positions removed) and the pooled output."""
+        emb = self.model.get_input_embeddings()(input_ids)
+        at = 1 if self.prompt_position == "after_cls" else 0
+        n = len(input_ids)
+        prompt = expand(prompt, n)
+        emb, full_mask = self.place_embeds(emb, mask, prompt, at)
+        if token_types is not None and prompt.embeds is not None:
+            zeros = token_types.new_zeros(n, prompt.num_tokens)
+            token_types = torch.cat([token_types[:, :at], zeros, token_types[:, at:]], dim=1)
+        cache = None
+        if prompt.keys_values is not None:
+            kv = cast_kv(prompt.keys_values, emb.dtype)
+            cache = DynamicCache(kv, config=self.model.config)
+            full_mask = torch.cat([full_mask.new_ones(n, prompt.prefix_length), full_mask], dim=1)
+        out = self.model(
+            inputs_embeds=emb, attention_mask=full_mask, token_type_ids=token_types, past_key_values=cache
+        )
+        pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
+        return out.last_hidden_state, pooled
+
+    def forward(self, batch: dict, prompt: Prompt, *, score: bool = True) -> Output:
+        head = self.heads[batch["task"]]
+        hidden, pooled = self.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), prompt)
+        if head.kind == "span":
+            pooled = span_pool(hidden, batch["span_mask"], self.soft_offset(prompt))
+        logits = head(pooled)
+        labels = batch.get("labels")
+        if head.kind == "regression":
+            scores = logits.squeeze(-1)
+            loss = F.mse_loss(scores, labels.float()) if labels is not None else None
+            return Output(loss, scores)
+        if head.kind == "multiple_choice":
+            logits = logits.view(batch["choice_mask"].shape).masked_fill(~batch["choice_mask"], -1e4)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return Output(loss, logits)
+
+    def soft_offset(self, prompt: Prompt) -> tuple[int, int]:
+        """(where soft tokens start, how many), to map input positions onto hidden-state positions."""
+        return (1 if self.prompt_position == "after_cls" else 0), prompt.num_tokens
+
+
+def expand(prompt: Prompt, n: int) -> Prompt:
+    """Repeat a per-example prompt for multiple-choice rows (n = B * choices)."""
+    b = len(prompt.embeds) if prompt.embeds is not None else (
+        len(prompt.keys_values[0][0]) if prompt.keys_values else n
+    )
+    if b == n:
+        return prompt
+    rep = n // b
+    return Prompt(
+        embeds=None if prompt.embeds is None else prompt.embeds.repeat_interleave(rep, 0),
+        keys_values=None
+        if prompt.keys_values is None
+        else [(k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)) for k, v in prompt.keys_values],
+    )
+
+
+def span_pool(hidden: Tensor, span_mask: Tensor, soft: tuple[int, int]) -> Tensor:
+    """Mean of the hidden states of each span; span_mask is (B, 2, L) over the input positions."""
+    at, num = soft
+    if num:
+        hidden = torch.cat([hidden[:, :at], hidden[:, at + num :]], dim=1)
+    m = span_mask.to(hidden.dtype)
+    pooled = torch.einsum("bsl,bld->bsd", m, hidden) / m.sum(-1, keepdim=True).clamp(min=1)
+    return pooled.flatten(1)
+
+
+def common_word_ids(tokenizer, n: int = 5000) -> Tensor:
+    """The first n whole-word, non-special tokens in vocabulary order (frequency order for BERT's vocab)."""
+    vocab = tokenizer.get_vocab()
+    special = set(tokenizer.all_special_tokens)
+    word = re.compile(r"^[\u0120\u2581]?[A-Za-z]{2,}$")
+    ids = sorted(i for t, i in vocab.items() if t not in special and word.match(t))
+    return torch.tensor(ids[:n])

@@ -1,0 +1,136 @@
+"""T5-family backbones (T5, T5 1.1 LM-adapted, Flan-T5): frozen encoder-decoder, text-to-text.
+
+Prompt placement:
+* soft tokens go before the input embeddings (Lester et al. 2021); the encoder mask covers them and
+  the decoder's cross-attention sees them.
+* deep prompts reach **both** stacks. The decoder takes its prefix through an ``EncoderDecoderCache``
+  (self-attention cache pre-filled, cross-attention cache empty). T5's encoder stack drops any cache on
+  purpose (``T5Stack.forward``), which is why PEFT's prefix tuning on T5 only reaches the decoder;
+  ptune instead installs a forward pre-hook on every encoder self-attention module that hands it a
+  ``DynamicCache`` holding that layer's prefix and extends the attention mask by the prefix columns.
+  The prefix sits to the left of the input for T5's relative position bias (the query positions are
+  offset by the prefix length, as for any past).
+
+Scoring is rank classification: the encoder runs once, then one batched decoder pass scores every
+candidate (sum of token log-likelihoods, EOS included) and the best-scoring candidate wins. Training
+uses the usual teacher-forced cross-entropy on the gold candidate's tokens.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import DynamicCache, EncoderDecoderCache
+
+from ptune.backbones.base import Backbone, Output, cast_kv
+from ptune.methods.base import BackboneDims, Prompt
+
+
+class T5Backbone(Backbone):
+    family = "t5"
+
+    def __init__(self, model: nn.Module, tokenizer):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.freeze()
+        self._encoder_cache: DynamicCache | None = None
+        self._encoder_prefix_len = 0
+        for block in model.encoder.block:
+            block.layer[0].SelfAttention.register_forward_pre_hook(self._encoder_prefix_hook, with_kwargs=True)
+
+    def dims(self) -> BackboneDims:
+        c = self.model.config
+        return BackboneDims(
+            hidden_size=c.d_model,
+            num_layers=c.num_layers,
+            num_heads=c.num_heads,
+            head_dim=c.d_kv,
+            decoder_layers=c.num_decoder_layers,
+            word_embeddings=self.model.get_input_embeddings().weight,
+            tokenize=lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"],
+            # SentencePiece ids are in frequency order; skip <pad>, </s>, <unk>
+            common_token_ids=torch.arange(3, min(5003, c.vocab_size)),
+        )
+
+    # --- encoder prefix hook -------------------------------------------------------------------
+    def _encoder_prefix_hook(self, module: nn.Module, args: tuple, kwargs: dict):
+        if self._encoder_cache is None:
+            return None
+        kwargs["past_key_values"] = self._encoder_cache
+        mask = kwargs.get("mask")
+        if mask is not None:  # None means "attend everywhere", which already covers the prefix
+            pad_shape = (*mask.shape[:-1], self._encoder_prefix_len)
+            attend = torch.ones(pad_shape, dtype=torch.bool, device=mask.device)
+            if mask.dtype != torch.bool:
+                attend = torch.zeros(pad_shape, dtype=mask.dtype, device=mask.device)
+            kwargs["mask"] = torch.cat([attend, mask], dim=-1)
+        return args, kwargs
+
+    @contextmanager
+    def encoder_prefix(self, kv: list[tuple[Tensor, Tensor]] | None):
+        self._encoder_cache = None if kv is None else DynamicCache(kv, config=self.model.config)
+        self._encoder_prefix_len = 0 if kv is None else kv[0][0].shape[2]
+        try:
+            yield
+        finally:
+            self._encoder_cache, self._encoder_prefix_len = None, 0
+
+    # --- forward ---------------------------------------------------------------------------------
+    def encode(self, batch: dict, prompt: Prompt) -> tuple[Tensor, Tensor]:
+        emb = self.model.get_input_embeddings()(batch["input_ids"])
+        emb, mask = self.place_embeds(emb, batch["attention_mask"], prompt, at=0)
+        with self.encoder_prefix(cast_kv(prompt.keys_values, emb.dtype)):
+            hidden = self.model.encoder(inputs_embeds=emb, attention_mask=mask).last_hidden_state
+        return hidden, mask
+
+    def decode(self, enc: Tensor, enc_mask: Tensor, targets: Tensor, prompt: Prompt, rows: int) -> Tensor:
+        """Logits for teacher-forced ``targets`` (N, T); encoder rows are repeated to N = rows * k."""
+        rep = len(targets) // rows
+        if rep > 1:
+            enc, enc_mask = enc.repeat_interleave(rep, 0), enc_mask.repeat_interleave(rep, 0)
+        cache = None
+        if prompt.decoder_keys_values is not None:
+            kv = [(k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)) for k, v in prompt.decoder_keys_values]
+            cache = EncoderDecoderCache(
+                DynamicCache(cast_kv(kv, enc.dtype), config=self.model.config),
+                DynamicCache(config=self.model.config),
+            )
+        dec_in = self.model._shift_right(targets.masked_fill(targets < 0, self.model.config.pad_token_id))
+        out = self.model.decoder(
+            input_ids=dec_in,
+            encoder_hidden_states=enc,
+            encoder_attention_mask=enc_mask,
+            past_key_values=cache,
+            use_cache=False,
+        ).last_hidden_state
+        if self.model.config.scale_decoder_outputs:
+            out = out * (self.model.config.d_model**-0.5)
+        return self.model.lm_head(out).float()
+
+    def forward(self, batch: dict, prompt: Prompt, *, score: bool = True) -> Output:
+        enc, mask = self.encode(batch, prompt)
+        b = len(enc)
+        loss = None
+        if "labels" in batch:  # (B, T) gold candidate tokens, -100 padded
+            logits = self.decode(enc, mask, batch["labels"], prompt, b)
+            loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        scores = torch.empty(b, 0)
+        if score:
+            cands = batch["cand_ids"]  # (B, C, T), -100 padded
+            c = cands.shape[1]
+            logits = self.decode(enc, mask, cands.flatten(0, 1), prompt, b)
+            scores = sequence_logprob(logits, cands.flatten(0, 1)).view(b, c)
+            scores = scores.masked_fill(~batch["choice_mask"], float("-inf"))
+        return Output(loss, scores)
+
+
+def sequence_logprob(logits: Tensor, targets: Tensor) -> Tensor:
+    """Sum over positions of log p(target token); positions with target < 0 are ignored."""
+    logp = logits.log_softmax(-1)
+    valid = targets >= 0
+    tok = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (tok * valid).sum(-1)

@@ -1,0 +1,170 @@
+"""Typed configuration: one dataclass per Hydra config group, checked once at the CLI edge.
+
+Hydra composes ``configs/`` into a DictConfig; :func:`ptune.cli` turns each group into the dataclass
+below with ``OmegaConf.structured`` + ``merge`` (wrong types fail there, naming the key), then
+:func:`validate` checks ranges. Method configs are looked up by name in ``METHOD_CONFIGS`` (each method
+module registers its own), so adding a method never edits this file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ptune.errors import ConfigError
+
+
+@dataclass
+class MethodConfig:
+    name: str = "prompt_tuning"
+    num_virtual_tokens: int = 20
+    lr: float = 0.3  # the paper's learning rate; used when optimizer.lr is null
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm"
+    hf_id: str = "sentence-transformers/all-MiniLM-L6-v2"
+    family: str = "bert"  # bert | t5
+    # tiny random-init models for tests: a dict of config overrides applied to hf_id's config (or to
+    # the family's default config when hf_id is empty); no weights are loaded.
+    random_init: bool = False
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    tokenizer_id: str | None = None  # defaults to hf_id
+    max_length: int = 128
+    max_target_length: int = 8
+    dropout: float | None = None  # null: the model's own dropout
+    attn_implementation: str = "auto"  # auto | eager | sdpa
+    prompt_position: str = "after_cls"  # bert only: after_cls | start (PEFT's placement)
+    trust_remote_code: bool = False
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sst2"
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None  # local hub-layout folder; null: $PTUNE_DATA_DIR, else the hub
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    eval_split: str = "validation"
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # adamw | adafactor
+    lr: float | None = None  # null: the method's lr
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    scheduler: str = "linear"  # linear | constant
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    grad_accum: int = 1
+    eval_every: int = 100
+    log_every: int = 10
+    patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    group_by_length: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    num_threads: int | None = None
+    save_every: int | None = None  # training-state checkpoints; null: at each evaluation
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    method: MethodConfig = field(default_factory=MethodConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 42
+    output_dir: str = "outputs"
+    run_dir: str | None = None  # null: <output_dir>/<method>-<task>-<model>-s<seed>
+    resume: bool = True  # rerunning into a run folder with saved state continues it
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.lr if self.optimizer.lr is not None else self.method.lr
+
+    def resolved_run_dir(self) -> str:
+        if self.run_dir:
+            return self.run_dir
+        name = f"{self.method.name}-{self.task.name}-{self.model.name}-s{self.seed}"
+        return os.path.join(self.output_dir, name)
+
+
+# name -> dataclass of that method's config; filled by each module in ptune.methods
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+
+CHOICES = {
+    "model.family": ("bert", "t5"),
+    "model.attn_implementation": ("auto", "eager", "sdpa"),
+    "model.prompt_position": ("after_cls", "start"),
+    "optimizer.name": ("adamw", "adafactor"),
+    "optimizer.scheduler": ("linear", "constant"),
+    "trainer.precision": ("fp32", "bf16", "fp16"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+}
+
+# (key, predicate, what must hold): ranges checked before anything is loaded
+RANGES: list[tuple[str, Any, str]] = [
+    ("method.num_virtual_tokens", lambda v: v >= 1, "must be >= 1"),
+    ("method.lr", lambda v: v > 0, "must be > 0"),
+    ("optimizer.lr", lambda v: v is None or v > 0, "must be > 0"),
+    ("optimizer.weight_decay", lambda v: v >= 0, "must be >= 0"),
+    ("optimizer.warmup_steps", lambda v: v >= 0, "must be >= 0"),
+    ("optimizer.warmup_ratio", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("optimizer.max_grad_norm", lambda v: v >= 0, "must be >= 0 (0 disables clipping)"),
+    ("trainer.max_steps", lambda v: v >= 1, "must be >= 1"),
+    ("trainer.batch_size", lambda v: v >= 1, "must be >= 1"),
+    ("trainer.eval_batch_size", lambda v: v >= 1, "must be >= 1"),
+    ("trainer.grad_accum", lambda v: v >= 1, "must be >= 1"),
+    ("trainer.eval_every", lambda v: v >= 1, "must be >= 1"),
+    ("trainer.log_every", lambda v: v >= 1, "must be >= 1"),
+    ("trainer.patience", lambda v: v >= 0, "must be >= 0"),
+    ("model.max_length", lambda v: v >= 8, "must be >= 8"),
+    ("model.dropout", lambda v: v is None or 0 <= v < 1, "must be in [0, 1)"),
+    ("data.train_limit", lambda v: v is None or v >= 1, "must be >= 1"),
+    ("data.eval_limit", lambda v: v is None or v >= 1, "must be >= 1"),
+]
+
+
+def lookup(cfg: Any, dotted: str) -> Any:
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config) -> Config:
+    """Range and choice checks with one-line errors; extra checks live on method configs (``check``)."""
+    for key, choices in CHOICES.items():
+        value = lookup(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
+    for key, ok, rule in RANGES:
+        try:
+            value = lookup(cfg, key)
+        except AttributeError:
+            continue
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} {rule}")
+    check = getattr(cfg.method, "check", None)
+    if check is not None:
+        check()
+    return cfg

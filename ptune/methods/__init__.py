@@ -1,0 +1,33 @@
+"""Method registry: name -> (config dataclass, module). Each method module registers itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ptune.config import METHOD_CONFIGS, MethodConfig
+from ptune.errors import unknown
+from ptune.methods.base import BackboneDims, Prompt, PromptMethod
+
+METHODS: dict[str, type[PromptMethod]] = {}
+
+
+def register(name: str, config_cls: type[MethodConfig]) -> Callable[[type[PromptMethod]], type[PromptMethod]]:
+    def wrap(cls: type[PromptMethod]) -> type[PromptMethod]:
+        METHODS[name] = cls
+        METHOD_CONFIGS[name] = config_cls
+        return cls
+
+    return wrap
+
+
+def build(cfg: MethodConfig, dims: BackboneDims, label_words: list[list[str]]) -> PromptMethod:
+    """Build the method named by ``cfg.name``; ``label_words`` holds each task's verbalizers."""
+    if cfg.name not in METHODS:
+        raise unknown("method", cfg.name, METHODS)
+    return METHODS[cfg.name](cfg, dims, label_words)
+
+
+# import for registration (order = listing order)
+from ptune.methods import p_tuning_v2, prefix_tuning, prompt_tuning  # noqa: E402,F401
+
+__all__ = ["METHODS", "BackboneDims", "Prompt", "PromptMethod", "build", "register"]

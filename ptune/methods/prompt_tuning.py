@@ -1,0 +1,76 @@
+"""Prompt Tuning — Lester, Al-Rfou, Constant (2021), "The Power of Scale for Parameter-Efficient Prompt Tuning".
+
+P soft tokens (a P x hidden matrix, Section 2) are placed before the input embeddings of a frozen
+model; only they are trained. Parameters: ``P * hidden``.
+
+Initialisation (Section 3.2):
+* ``random_uniform``: uniform in [-0.5, 0.5].
+* ``vocab_sample``: embeddings drawn from the 5,000 most common tokens (T5's SentencePiece ids are in
+  frequency order; for WordPiece vocabularies the backbone lists ordinary whole words in vocab order,
+  which is frequency order for BERT's vocab).
+* ``class_labels``: each class label's embedding (multi-token labels averaged) fills one prompt token,
+  in label order; remaining tokens fall back to ``vocab_sample``.
+* ``text``: the embeddings of ``init_text``, repeated to fill P tokens (as PEFT's TEXT init does).
+
+Deviation: for BERT-family backbones ptune places the soft tokens after [CLS] by default so that the
+pooled first token stays [CLS] (``model.prompt_position=start`` reproduces PEFT's placement).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ptune.config import MethodConfig
+from ptune.errors import ConfigError
+from ptune.methods import register
+from ptune.methods.base import BackboneDims, Prompt, PromptMethod
+
+INITS = ("random_uniform", "vocab_sample", "class_labels", "text")
+
+
+@dataclass
+class PromptTuningConfig(MethodConfig):
+    name: str = "prompt_tuning"
+    num_virtual_tokens: int = 20
+    init: str = "random_uniform"
+    init_text: str | None = None
+    lr: float = 0.3
+
+    def check(self) -> None:
+        if self.init not in INITS:
+            raise ConfigError(f"method.init={self.init!r} is not valid; choose one of: {', '.join(INITS)}")
+        if self.init == "text" and not self.init_text:
+            raise ConfigError("method.init=text needs method.init_text='some words'")
+
+
+def initial_prompt(cfg: PromptTuningConfig, dims: BackboneDims, label_words: list[list[str]]) -> Tensor:
+    p, emb = cfg.num_virtual_tokens, dims.word_embeddings.detach().float()
+    if cfg.init == "random_uniform":
+        return torch.empty(p, dims.hidden_size).uniform_(-0.5, 0.5)
+    sampled = emb[dims.common_token_ids[torch.randint(len(dims.common_token_ids), (p,))]].clone()
+    if cfg.init == "vocab_sample":
+        return sampled
+    if cfg.init == "class_labels":
+        words = [w for task_words in label_words for w in task_words][:p]
+        for i, word in enumerate(words):
+            ids = dims.tokenize(word)
+            if ids:
+                sampled[i] = emb[ids].mean(0)
+        return sampled
+    ids = dims.tokenize(cfg.init_text or "")
+    ids = (ids * math.ceil(p / len(ids)))[:p]
+    return emb[ids].clone()
+
+
+@register("prompt_tuning", PromptTuningConfig)
+class PromptTuning(PromptMethod):
+    def __init__(self, cfg: PromptTuningConfig, dims: BackboneDims, label_words: list[list[str]]):
+        super().__init__(cfg, dims, label_words)
+        self.prompt = nn.Parameter(initial_prompt(cfg, dims, label_words))
+
+    def forward(self, task_ids: Tensor) -> Prompt:
+        return Prompt(embeds=self.prompt.unsqueeze(0).expand(len(task_ids), -1, -1))

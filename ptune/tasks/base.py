@@ -1,0 +1,62 @@
+"""The task interface: how a GLUE/SuperGLUE row becomes model input, and how predictions are scored.
+
+A task turns one hub row into an :class:`Example` that serves both backbone families:
+
+* T5 (text-to-text): ``source`` is the input text, ``candidates`` the verbalized answers that rank
+  classification scores in one batched decoder pass; ``target`` indexes the gold candidate.
+* BERT family (encoder + head): ``texts`` are the (text_a, text_b) pairs the encoder reads, one pair
+  for classification / regression / span heads, one pair per choice for multiple choice.
+
+Predictions come back per example as an index into the candidates/choices (or a float for an
+encoder regression head); :meth:`Task.decode` turns that into the value the metrics compare with
+``Example.label``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Head = Literal["classification", "regression", "multiple_choice", "span"]
+
+
+@dataclass(frozen=True)
+class Example:
+    source: str
+    candidates: tuple[str, ...]
+    target: int  # index of the gold candidate / choice; -1 for unlabeled rows (test splits)
+    texts: tuple[tuple[str, str | None], ...]
+    label: Any  # gold value for metrics: int class, float (stsb), list[str] answers (record), None
+    group: int | None = None  # question / query id for grouped metrics (MultiRC, ReCoRD)
+    spans: tuple[tuple[int, int], ...] | None = None  # char spans in texts[0][0] (WSC span head)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task's identity and data; subclasses define the format and the metrics."""
+
+    name: str
+    hub_id: str  # e.g. "nyu-mll/glue"
+    hub_config: str  # e.g. "sst2"
+    head: Head
+    label_names: tuple[str, ...] = ()
+    splits: dict[str, str] = field(default_factory=dict)  # role ("train", "validation", ...) -> hub split
+    metric_names: tuple[str, ...] = ("accuracy",)
+    main_metric: str = "accuracy"
+
+    @property
+    def num_labels(self) -> int:
+        """Output units of an encoder head: classes, 1 for regression and multiple choice."""
+        if self.head in ("regression", "multiple_choice"):
+            return 1
+        return len(self.label_names)
+
+    def example(self, row: dict[str, Any]) -> Example:
+        raise NotImplementedError
+
+    def decode(self, example: Example, prediction: int | float) -> Any:
+        """Map a predicted candidate index (or regression value) to what the metrics compare."""
+        return prediction
+
+    def compute_metrics(self, predictions: list[Any], examples: list[Example]) -> dict[str, float]:
+        raise NotImplementedError
