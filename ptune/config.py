@@ -58,7 +58,7 @@ class OptimizerConfig:
     name: str = "adamw"  # adamw | adafactor
     lr: float | None = None  # null: the method's lr
     weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     scheduler: str = "linear"  # linear | constant
     warmup_steps: int = 0

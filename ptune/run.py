@@ -1,0 +1,159 @@
+"""Build the parts of a run from a config, and own the run folder.
+
+    outputs/<run>/  config.yaml  prompt.safetensors  state/  metrics.jsonl  results.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from ptune import backbones, methods, tasks
+from ptune.backbones.base import Backbone
+from ptune.config import Config
+from ptune.errors import CheckpointError, ConfigError
+from ptune.methods.base import PromptMethod
+from ptune.tasks.base import Task
+from ptune.tasks.collate import Split, featurize
+from ptune.training import checkpoint as ckpt
+
+
+@dataclass
+class Parts:
+    cfg: Config
+    task: Task
+    backbone: Backbone
+    method: PromptMethod
+    train: Split | None
+    eval: Split
+    device: torch.device
+    run_dir: Path
+
+    @property
+    def pad_id(self) -> int:
+        return self.backbone.tokenizer.pad_token_id
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        return {"method": self.method, "head": getattr(self.backbone, "heads", torch.nn.ModuleDict())}
+
+    def metadata(self) -> dict[str, str]:
+        c = self.cfg
+        return {"format": ckpt.FORMAT, "method": c.method.name, "model": c.model.hf_id or c.model.name,
+                "family": c.model.family, "task": c.task.name}
+
+    def save_prompt(self, path: Path, step: int) -> None:
+        meta = dict(self.metadata(), step=str(step))
+        ckpt.atomic_save_tensors(path, ckpt.trainable_state(self.trainable_modules()), meta)
+
+    def load_prompt(self, path: Path) -> int:
+        tensors, meta = ckpt.read_tensors(path)
+        if meta.get("format") != ckpt.FORMAT:
+            raise CheckpointError(f"{path} is not a ptune prompt checkpoint (format={meta.get('format')!r})")
+        ckpt.check_metadata(meta, self.metadata(), path)
+        ckpt.load_trainable(self.trainable_modules(), tensors, path)
+        return int(meta.get("step", -1))
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable = sum(p.numel() for p in ckpt.trainable_state(self.trainable_modules()).values())
+        frozen = sum(p.numel() for p in self.backbone.model.parameters())
+        return {"trainable_params": trainable, "total_params": trainable + frozen}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
+    return torch.device(name)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("trainer.precision=fp16 needs CUDA (loss scaling); on CPU use trainer.precision=bf16 or fp32")
+
+
+def build(cfg: Config, *, train: bool = True) -> Parts:
+    """Task -> backbone -> method -> featurized splits, in that order (cheap checks first)."""
+    task = tasks.get(cfg.task.name)
+    device = pick_device(cfg.trainer.device)
+    check_precision(cfg.trainer.precision, device)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    root = cfg.data.root or os.environ.get("PTUNE_DATA_DIR")
+    train_ex = tasks.load_split(task, "train", root=root, limit=cfg.data.train_limit) if train else None
+    eval_ex = tasks.load_split(task, cfg.data.eval_split, root=root, limit=cfg.data.eval_limit)
+    torch.manual_seed(cfg.seed)
+    backbone = backbones.load(cfg.model, [task], cfg.trainer.precision, device)
+    torch.manual_seed(cfg.seed)
+    if hasattr(backbone, "heads"):
+        for head in backbone.heads.values():
+            head.classifier.reset_parameters()
+    method = methods.build(cfg.method, backbone.dims(), [verbalizers(task)]).to(device)
+    tok, fam, m = backbone.tokenizer, cfg.model.family, cfg.model
+    train_split = featurize(task, 0, train_ex, tok, fam, m.max_length, m.max_target_length) if train_ex else None
+    eval_split = featurize(task, 0, eval_ex, tok, fam, m.max_length, m.max_target_length)
+    return Parts(cfg, task, backbone, method, train_split, eval_split, device, Path(cfg.resolved_run_dir()))
+
+
+def verbalizers(task: Task) -> list[str]:
+    return [name.replace("_", " ") for name in task.label_names]
+
+
+# --- run folder ------------------------------------------------------------------------------------
+def save_config(cfg: Config, run_dir: Path) -> None:
+    ckpt.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def load_config(run_dir: Path) -> Config:
+    from ptune.cli import to_config  # the same typed conversion the CLI uses
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a ptune run folder (no config.yaml)")
+    return to_config(OmegaConf.load(path))
+
+
+def environment() -> dict[str, str]:
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "platform": platform.platform()}
+    try:
+        here = Path(__file__).resolve().parent
+        env["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    env["argv"] = " ".join(sys.argv)
+    return env
+
+
+def write_results(parts: Parts, outcome: dict) -> dict:
+    history = outcome["progress"]["history"]
+    best = next((r for r in history if r["step"] == outcome["best_step"]), None)
+    results = {
+        "task": parts.task.name,
+        "method": parts.cfg.method.name,
+        "model": parts.cfg.model.name,
+        "seed": parts.cfg.seed,
+        "main_metric": parts.task.main_metric,
+        "best": best,
+        "final": history[-1] if history else None,
+        "steps": outcome["progress"]["step"],
+        "stopped": outcome["stopped"],
+        "wall_time_s": round(outcome["progress"]["wall_time"], 2),
+        **parts.parameter_counts(),
+        "environment": environment(),
+        "config": dataclasses.asdict(parts.cfg),
+    }
+    ckpt.atomic_write_json(parts.run_dir / "results.json", results)
+    return results

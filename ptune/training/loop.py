@@ -1,0 +1,187 @@
+"""The training loop: prompt-only updates, periodic evaluation, early stopping, kill-safe checkpoints.
+
+Ours rather than a library's because checkpoints hold only the trainable parameters, training state
+must resume bit-exactly (optimizer, scheduler, RNG, data position, early stopping), and task mixtures
+will need their own sampling.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from ptune.errors import TrainingError
+from ptune.tasks.collate import eval_batches, iterate, to_device, train_batches
+from ptune.training import checkpoint as ckpt
+from ptune.training.early_stopping import EarlyStopping
+from ptune.training.optim import build_optimizer, build_scheduler
+from ptune.training.report import Reporter
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"interrupted by signal {signum} at step {step}")
+        self.signum, self.step = signum, step
+
+
+@contextmanager
+def catch_signals(flag: dict):
+    """SIGINT/SIGTERM set a flag; the loop saves its state at the next step boundary and stops."""
+    def handler(signum, _frame):
+        if flag.get("signum"):  # a second signal: stop now
+            raise KeyboardInterrupt
+        flag["signum"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def amp_context(parts):
+    p = parts.cfg.trainer.precision
+    if parts.device.type == "cuda" and p != "fp32":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+    return nullcontext()
+
+
+@torch.inference_mode()
+def predict(parts, split, batch_size: int) -> list:
+    """Per-example predictions (decoded by the task), in the split's order."""
+    parts.method.eval()
+    parts.backbone.eval()
+    family, pad = parts.backbone.family, parts.pad_id
+    preds: list = [None] * len(split)
+    for batch in iterate(split, eval_batches(split.lengths(), batch_size), family, pad):
+        batch = to_device({k: v for k, v in batch.items() if k != "labels"}, parts.device)
+        with amp_context(parts):
+            out = parts.backbone(batch, parts.method(batch["task_ids"]))
+        scores = out.scores.float().cpu()
+        for row, i in enumerate(batch["index"].tolist()):
+            value = scores[row].item() if scores.dim() == 1 else int(scores[row].argmax())
+            preds[i] = split.task.decode(split.examples[i], value)
+    return preds
+
+
+def evaluate(parts, split) -> dict[str, float]:
+    preds = predict(parts, split, parts.cfg.trainer.eval_batch_size)
+    return split.task.compute_metrics(preds, split.examples)
+
+
+def fit(parts, console: Console | None = None) -> dict:
+    cfg, run_dir = parts.cfg, Path(parts.run_dir)
+    tcfg, task = cfg.trainer, parts.train.task
+    modules = parts.trainable_modules()
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    optimizer = build_optimizer(cfg.optimizer, params, cfg.lr, parts.device)
+    scheduler = build_scheduler(cfg.optimizer, optimizer, tcfg.max_steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=parts.device.type == "cuda" and tcfg.precision == "fp16")
+    stopper = EarlyStopping(tcfg.patience)
+    progress = {"step": 0, "epoch": 0, "batch": 0, "wall_time": 0.0, "history": [], "loss_sum": 0.0,
+                "loss_count": 0}
+
+    state_dir = ckpt.latest_state_dir(run_dir / "state") if cfg.resume else None
+    if state_dir is not None:
+        saved, opt_state, progress, rng = ckpt.load_state(state_dir)
+        ckpt.load_trainable(modules, saved, state_dir)
+        optimizer.load_state_dict(opt_state)
+        scheduler.load_state_dict(progress.pop("scheduler"))
+        stopper = EarlyStopping(**progress.pop("early_stopping"))
+        ckpt.set_rng_state(rng["t"], rng["m"])
+
+    def save_state():
+        prog = dict(progress, scheduler=scheduler.state_dict(), early_stopping=stopper.state())
+        ckpt.save_state(run_dir / "state", ckpt.trainable_state(modules), optimizer.state_dict(), prog)
+
+    reporter = Reporter(console, tcfg, task, start_step=progress["step"])
+    lengths = parts.train.lengths()
+    family, pad = parts.backbone.family, parts.pad_id
+    flag: dict = {}
+    start = time.perf_counter() - progress["wall_time"]
+    stop_reason = "max_steps"
+    with catch_signals(flag), reporter:
+        while progress["step"] < tcfg.max_steps and stop_reason == "max_steps":
+            batches = train_batches(lengths, tcfg.batch_size, cfg.seed, progress["epoch"], tcfg.group_by_length)
+            while progress["batch"] + tcfg.grad_accum <= len(batches):
+                group = batches[progress["batch"] : progress["batch"] + tcfg.grad_accum]
+                loss = train_step(parts, optimizer, scheduler, scaler, group, family, pad, params)
+                progress["batch"] += tcfg.grad_accum
+                progress["step"] += 1
+                step = progress["step"]
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"loss is {loss} at step {step}; stopped, the last good checkpoint is kept in {run_dir} "
+                        f"(try a lower optimizer.lr, now {cfg.lr}, or trainer.precision=fp32)"
+                    )
+                progress["loss_sum"] += loss
+                progress["loss_count"] += 1
+                reporter.step(step, loss, scheduler.get_last_lr()[0])
+                if step % tcfg.eval_every == 0 or step == tcfg.max_steps:
+                    record_eval(parts, progress, stopper, modules, start, reporter)
+                    if stopper.should_stop:
+                        stop_reason = "early_stopping"
+                save_now = tcfg.save_every and step % tcfg.save_every == 0
+                if save_now or step % tcfg.eval_every == 0 or step == tcfg.max_steps or flag or stop_reason != "max_steps":
+                    progress["wall_time"] = time.perf_counter() - start
+                    save_state()
+                if flag:
+                    raise Interrupted(flag["signum"], step)
+                if step >= tcfg.max_steps or stop_reason != "max_steps":
+                    break
+            else:
+                progress["epoch"] += 1
+                progress["batch"] = 0
+    progress["wall_time"] = time.perf_counter() - start
+    return {"stopped": stop_reason, "progress": progress, "best_step": stopper.best_step}
+
+
+def train_step(parts, optimizer, scheduler, scaler, group, family, pad, params) -> float:
+    parts.method.train()
+    parts.backbone.train()
+    total = 0.0
+    for idx in group:
+        batch = to_device(next(iterate(parts.train, [idx], family, pad)), parts.device)
+        with amp_context(parts):
+            out = parts.backbone(batch, parts.method(batch["task_ids"]), score=False)
+        loss = out.loss.float() / len(group)
+        scaler.scale(loss).backward()
+        total += loss.item()
+    if parts.cfg.optimizer.max_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, parts.cfg.optimizer.max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def record_eval(parts, progress, stopper, modules, start, reporter) -> None:
+    step = progress["step"]
+    metrics = evaluate(parts, parts.eval)
+    main = metrics[parts.eval.task.main_metric]
+    train_loss = progress["loss_sum"] / max(1, progress["loss_count"])
+    progress["loss_sum"], progress["loss_count"] = 0.0, 0
+    improved = stopper.update(main, step)
+    row = {"step": step, "epoch": progress["epoch"], "train_loss": train_loss,
+           "elapsed_s": round(time.perf_counter() - start, 3), **metrics, "best": improved}
+    progress["history"].append(row)
+    run_dir = Path(parts.run_dir)
+    if improved:
+        parts.save_prompt(run_dir / "prompt.safetensors", step=step)
+    ckpt.atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonl(r) for r in progress["history"]))
+    reporter.evaluation(row, parts.eval.task, stopper)
+
+
+def _jsonl(row: dict) -> str:
+    import json
+
+    return json.dumps(row, sort_keys=True) + "\n"
