@@ -80,16 +80,22 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("trainer.precision=fp16 needs CUDA (loss scaling); on CPU use trainer.precision=bf16 or fp32")
 
 
-def build(cfg: Config, *, train: bool = True) -> Parts:
-    """Task -> backbone -> method -> featurized splits, in that order (cheap checks first)."""
+def build(cfg: Config, *, train: bool = True, examples: dict[str, list] | None = None) -> Parts:
+    """Task -> data -> backbone -> method -> featurized splits, cheap checks first.
+
+    ``examples`` ({"train": [...], "eval": [...]}) replaces loading from data (tests, benchmarks).
+    """
     task = tasks.get(cfg.task.name)
     device = pick_device(cfg.trainer.device)
     check_precision(cfg.trainer.precision, device)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     root = cfg.data.root or os.environ.get("PTUNE_DATA_DIR")
-    train_ex = tasks.load_split(task, "train", root=root, limit=cfg.data.train_limit) if train else None
-    eval_ex = tasks.load_split(task, cfg.data.eval_split, root=root, limit=cfg.data.eval_limit)
+    if examples is not None:
+        train_ex, eval_ex = examples.get("train") if train else None, examples["eval"]
+    else:
+        train_ex = tasks.load_split(task, "train", root=root, limit=cfg.data.train_limit) if train else None
+        eval_ex = tasks.load_split(task, cfg.data.eval_split, root=root, limit=cfg.data.eval_limit)
     torch.manual_seed(cfg.seed)
     backbone = backbones.load(cfg.model, [task], cfg.trainer.precision, device)
     torch.manual_seed(cfg.seed)

@@ -6,7 +6,14 @@ import os
 from collections.abc import Callable
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, T5Config, T5ForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from ptune.backbones.base import Backbone, Output
 from ptune.backbones.bert import BertBackbone

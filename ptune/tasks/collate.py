@@ -50,7 +50,7 @@ def _t5_features(examples: list[Example], tok, max_length: int, max_target: int)
     sources = tok([e.source for e in examples], truncation=True, max_length=max_length)["input_ids"]
     cache: dict[tuple[str, ...], list[list[int]]] = {}
     feats = []
-    for e, ids in zip(examples, sources):
+    for e, ids in zip(examples, sources, strict=True):
         if e.candidates not in cache:
             cache[e.candidates] = tok(list(e.candidates), truncation=True, max_length=max_target)["input_ids"]
         feats.append({"input_ids": ids, "cands": cache[e.candidates], "target": e.target, "length": len(ids)})
@@ -86,7 +86,7 @@ def _encoder_features(task: Task, examples: list[Example], tok, max_length: int)
 def _span_tokens(offsets: list[tuple[int, int]], seq_ids: list, span: tuple[int, int]) -> list[int]:
     """Token positions (of the first text) overlapping the char span."""
     start, end = span
-    return [i for i, ((a, b), s) in enumerate(zip(offsets, seq_ids)) if s == 0 and a < end and b > start]
+    return [i for i, ((a, b), s) in enumerate(zip(offsets, seq_ids, strict=True)) if s == 0 and a < end and b > start]
 
 
 def _pad(rows: list[list[int]], value: int, width: int | None = None) -> Tensor:
