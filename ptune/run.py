@@ -23,6 +23,7 @@ from ptune.errors import CheckpointError, ConfigError
 from ptune.methods.base import PromptMethod
 from ptune.tasks.base import Task
 from ptune.tasks.collate import Split, featurize
+from ptune.tasks.data import check_labels
 from ptune.training import checkpoint as ckpt
 
 
@@ -96,6 +97,9 @@ def build(cfg: Config, *, train: bool = True, examples: dict[str, list] | None =
     else:
         train_ex = tasks.load_split(task, "train", root=root, limit=cfg.data.train_limit) if train else None
         eval_ex = tasks.load_split(task, cfg.data.eval_split, root=root, limit=cfg.data.eval_limit)
+    if train_ex is not None:
+        check_labels(task, train_ex, "train", need_all=True)
+    check_labels(task, eval_ex, cfg.data.eval_split, need_all=False)
     torch.manual_seed(cfg.seed)
     backbone = backbones.load(cfg.model, [task], cfg.trainer.precision, device)
     torch.manual_seed(cfg.seed)

@@ -14,6 +14,7 @@ from transformers import (
     T5Config,
     T5ForConditionalGeneration,
 )
+from transformers.utils import logging as hf_logging
 
 from ptune.backbones.base import Backbone, Output
 from ptune.backbones.bert import BertBackbone
@@ -64,7 +65,9 @@ def _load_model(cfg: ModelConfig, dtype: torch.dtype, attn: str):
             config.add_pooling_layer = True
         model = (cls.from_config if cls is AutoModel else cls)(config)
         return model.to(dtype)
-    kwargs = {"dtype": dtype, "attn_implementation": attn, "trust_remote_code": cfg.trust_remote_code}
+    # safetensors only: a pickled .bin checkpoint can run code when loaded, so it is refused
+    kwargs = {"dtype": dtype, "attn_implementation": attn, "trust_remote_code": cfg.trust_remote_code,
+              "use_safetensors": True}
     if cfg.family == "bert":
         kwargs["add_pooling_layer"] = True
     return cls.from_pretrained(cfg.hf_id, config=config, **kwargs)
@@ -77,6 +80,7 @@ def load(
     if cfg.family not in BUILDERS:
         raise unknown("model family", cfg.family, BUILDERS)
     device = device or torch.device("cpu")
+    hf_logging.disable_progress_bar()  # ptune prints its own progress
     attn = attn_implementation(cfg, device, precision)
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_id or cfg.hf_id)

@@ -108,3 +108,28 @@ def load_split(
         raise unknown("split role", role, task.splits)
     rows = load_rows(task.hub_id, task.hub_config, task.splits[role], root=root, limit=limit)
     return [task.example(row) for row in rows]
+
+
+def check_labels(task: Task, examples: list[Example], split: str, *, need_all: bool) -> None:
+    """Labels must index the task's head (its candidates, or its choices for multiple choice).
+
+    A training split needs every row labelled; an evaluation split needs at least one (the hub's
+    GLUE/SuperGLUE test splits carry label -1 everywhere). Checked before any model is loaded.
+    """
+    unlabeled = 0
+    for i, e in enumerate(examples):
+        if e.target < 0:
+            unlabeled += 1
+            continue
+        options = len(e.texts) if task.head == "multiple_choice" else len(e.candidates)
+        if e.target >= options:
+            names = ", ".join(task.label_names) or f"0..{options - 1}"
+            raise DataError(
+                f"task {task.name!r} split {split!r} row {i} has label {e.target}, outside the head's "
+                f"{options} labels ({names}); the data does not match the task"
+            )
+    if unlabeled and (need_all or unlabeled == len(examples)):
+        raise DataError(
+            f"task {task.name!r} split {split!r} has {unlabeled} of {len(examples)} rows without a label "
+            f"(label -1, as in hub test splits); train and evaluate on labelled splits (data.eval_split=validation)"
+        )

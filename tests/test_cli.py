@@ -1,0 +1,76 @@
+"""The CLI: commands, config composition and overrides, and every task through both backbone families."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from ptune import run, tasks
+from ptune.cli import group_choices, load, main
+from ptune.config import METHOD_CONFIGS, Config
+from ptune.methods import METHODS
+from ptune.training.loop import evaluate, fit
+from tests.conftest import REPO
+from tests.tasks.conftest import root_for
+
+
+def test_help_lists_the_commands():
+    out = subprocess.run([sys.executable, "-m", "ptune.cli", "--help"], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout
+    for command in ("train", "eval", "describe"):
+        assert command in out
+    assert "method, model, task, optimizer, trainer" in out
+
+
+def test_config_groups_mirror_the_registries():
+    assert set(group_choices("task")) == set(tasks.TASKS)
+    assert set(group_choices("method")) == set(METHODS) == set(METHOD_CONFIGS)
+    assert {"t5-small", "t5-base", "t5-large", "t5-base-lm-adapt", "t5-large-lm-adapt", "flan-t5-base",
+            "bert-base", "bert-large", "roberta-base", "roberta-large", "minilm", "tiny-t5",
+            "tiny-bert"} <= set(group_choices("model"))
+
+
+@pytest.mark.parametrize("model", group_choices("model"))
+def test_every_model_config_composes_to_a_typed_config(model):
+    cfg = load([f"model={model}"])
+    assert isinstance(cfg, Config) and cfg.model.name == model and cfg.model.family in ("bert", "t5")
+
+
+def test_groups_compose_and_any_value_overrides():
+    cfg = load(["method=p_tuning_v2", "model=tiny-t5", "task=rte", "optimizer=adafactor",
+                "method.num_virtual_tokens=7", "trainer.max_steps=13", "optimizer.lr=0.5", "seed=3",
+                "data.root=/some/where", "model.dropout=0.0"])
+    assert type(cfg.method) is METHOD_CONFIGS["p_tuning_v2"]
+    assert (cfg.method.num_virtual_tokens, cfg.trainer.max_steps, cfg.optimizer.name, cfg.lr, cfg.seed) == (
+        7, 13, "adafactor", 0.5, 3)
+    assert cfg.data.root == "/some/where" and cfg.model.dropout == 0.0 and cfg.task.name == "rte"
+    assert cfg.resolved_run_dir().endswith("p_tuning_v2-rte-tiny-t5-s3")
+    assert load([]).lr == METHOD_CONFIGS["prompt_tuning"]().lr  # null optimizer.lr: the method's
+
+
+def test_describe_prints_the_resolved_config(capsys):
+    assert main(["describe", "method=p_tuning_v2", "trainer.max_steps=77"]) == 0
+    printed = OmegaConf.create(capsys.readouterr().out)
+    assert printed.method.name == "p_tuning_v2" and printed.trainer.max_steps == 77
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+@pytest.mark.parametrize("name", sorted(tasks.TASKS))
+def test_every_task_trains_and_scores_on_both_families(name, family, tmp_path):
+    """Real rows (../shared, else hub-schema fixtures) through collate, backbone, loss and the task's metrics."""
+    task = tasks.get(name)
+    train = tasks.load_split(task, "train", root=root_for(task, "train"), limit=6)
+    valid = tasks.load_split(task, "validation", root=root_for(task, "validation"), limit=6)
+    model = "tiny-t5" if family == "t5" else "tiny-bert"
+    cfg = load([f"task={name}", f"model={model}", "method=p_tuning_v2", "trainer.max_steps=2",
+                "trainer.eval_every=2", "trainer.batch_size=3", "trainer.progress=false",
+                f"run_dir={tmp_path / 'run'}"])
+    parts = run.build(cfg, examples={"train": train, "eval": valid})
+    outcome = fit(parts)
+    metrics = evaluate(parts, parts.eval)
+    assert set(task.metric_names) <= set(metrics) and task.main_metric in metrics
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert outcome["progress"]["history"][-1][task.main_metric] == metrics[task.main_metric]
