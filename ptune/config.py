@@ -36,7 +36,7 @@ class ModelConfig:
     max_target_length: int = 8
     dropout: float | None = None  # null: the model's own dropout
     attn_implementation: str = "auto"  # auto | eager | sdpa
-    prompt_position: str = "after_cls"  # bert only: after_cls | start (PEFT's placement)
+    prompt_position: str = "start"  # bert only: start (before [CLS], as PEFT) | after_cls
     trust_remote_code: bool = False
 
 

@@ -2,7 +2,7 @@
 
 Pinned difference: on BERT-family models ptune puts soft tokens after [CLS] by default, so the pooled
 first token stays [CLS]; PEFT puts them before [CLS] (its pooled "first token" is then a soft token).
-``model.prompt_position=start`` reproduces PEFT exactly; the default differs, as the last test shows.
+``model.prompt_position=start`` (the default) reproduces PEFT exactly; ``after_cls`` differs, as the last test pins.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def test_prefix_tuning_on_bert_matches_peft(method, attn):
     assert (ours - ref).abs().max() < 1e-5
 
 
-def test_default_bert_placement_differs_from_peft_and_keeps_cls_first():
-    bb, m = build("bert", "prompt_tuning")  # prompt_position=after_cls
+def test_after_cls_placement_differs_from_peft_and_keeps_cls_first():
+    bb, m = build("bert", "prompt_tuning", "model.prompt_position=after_cls")
     peft = get_peft_model(bert_reference(bb), PromptTuningConfig(
         task_type=TaskType.SEQ_CLS, num_virtual_tokens=P)).eval()
     peft.prompt_encoder["default"].embedding.weight.data.copy_(m.prompt.data)
