@@ -1,8 +1,8 @@
 """With the same prompt parameters, ptune's logits equal Hugging Face PEFT's (within 1e-5).
 
-Pinned difference: on BERT-family models ptune puts soft tokens after [CLS] by default, so the pooled
-first token stays [CLS]; PEFT puts them before [CLS] (its pooled "first token" is then a soft token).
-``model.prompt_position=start`` (the default) reproduces PEFT exactly; ``after_cls`` differs, as the last test pins.
+On BERT-family models ptune, like PEFT, puts soft tokens before [CLS] by default
+(``model.prompt_position=start``) and reproduces PEFT exactly. The option ``after_cls`` keeps [CLS] first
+(the pooled first token is then [CLS], not a soft token): a deliberate difference, pinned by the last test.
 """
 
 from __future__ import annotations
