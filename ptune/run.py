@@ -79,6 +79,18 @@ def pick_device(name: str) -> torch.device:
 def check_precision(precision: str, device: torch.device) -> None:
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("trainer.precision=fp16 needs CUDA (loss scaling); on CPU use trainer.precision=bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        print("ptune: warning: this CPU has no bf16 instructions (avx512_bf16 / amx_bf16), so "
+              "trainer.precision=bf16 is emulated and slower than fp32 here (docs/benchmarks.md)", file=sys.stderr)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (x86 avx512_bf16 / amx_bf16; ARM bf16). Unknown: True."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16", "bf16"))
 
 
 def build(cfg: Config, *, train: bool = True, examples: dict[str, list] | None = None) -> Parts:

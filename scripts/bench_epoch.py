@@ -115,11 +115,12 @@ def epoch_benchmark(args, log) -> tuple[dict, dict]:
     from ptune.cli import load
 
     peft_cfg = load(ptune_overrides(args, args.epoch_method, "fp32", args.epoch_rows))
-    times: dict = {c: [] for c in CONFIGS}
+    configs = [c for c in CONFIGS if "bf16" not in c or "bf16" in args.precision]
+    times: dict = {c: [] for c in configs}
     detail: dict = {}
     kept: dict = {}
     for r in range(args.epoch_repeats):
-        for name in CONFIGS if r % 2 == 0 else reversed(CONFIGS):
+        for name in configs if r % 2 == 0 else list(reversed(configs)):
             out = run_config(args, name, peft_cfg)
             model = out.pop("model")
             if r == 0 and name in ("ptune_fp32", "ptune_bf16", "peft_dynamic"):
@@ -139,13 +140,9 @@ def summarize_epochs(times: dict, detail: dict) -> dict:
         out[name] = {"seconds": stats(xs), "setup_s": stats([x["setup_s"] for x in detail[name]]),
                      "steps": d["steps"], "tokens": d["tokens"], "positions": d["positions"],
                      "padding_waste": 1 - d["tokens"] / d["positions"]}
-    ratios = {
-        "ptune_fp32/peft_dynamic": paired_ratio(times["ptune_fp32"], times["peft_dynamic"]),
-        "peft_max_length/ptune_fp32": paired_ratio(times["peft_max_length"], times["ptune_fp32"]),
-        "ptune_bf16/peft_dynamic": paired_ratio(times["ptune_bf16"], times["peft_dynamic"]),
-        "ptune_bf16/ptune_fp32": paired_ratio(times["ptune_bf16"], times["ptune_fp32"]),
-        "ptune_fp32_shuffled/peft_dynamic": paired_ratio(times["ptune_fp32_shuffled"], times["peft_dynamic"]),
-    }
+    pairs = [("ptune_fp32", "peft_dynamic"), ("peft_max_length", "ptune_fp32"), ("ptune_bf16", "peft_dynamic"),
+             ("ptune_bf16", "ptune_fp32"), ("ptune_fp32_shuffled", "peft_dynamic")]
+    ratios = {f"{a}/{b}": paired_ratio(times[a], times[b]) for a, b in pairs if a in times and b in times}
     return {"configs": out, "ratios": ratios}
 
 

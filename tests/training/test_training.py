@@ -89,3 +89,47 @@ def test_train_batches_are_deterministic_grouped_and_cover_the_epoch():
     plain = train_batches(lengths, 32, seed=1, epoch=0, group_by_length=False)
     plain_spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain) / len(plain)
     assert spread < plain_spread / 3
+
+
+def test_warmup_then_linear_decay_and_constant_schedules():
+    from ptune.config import OptimizerConfig
+
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    lin = build_scheduler(OptimizerConfig(warmup_steps=4), torch.optim.SGD(p, lr=1.0), 20)
+    seen = []
+    for _ in range(20):
+        seen.append(lin.get_last_lr()[0])
+        lin.optimizer.step(), lin.step()
+    assert seen[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]  # warmup to the peak
+    assert seen[5] == pytest.approx(15 / 16) and seen[-1] == pytest.approx(1 / 16)  # linear to zero
+    const = build_scheduler(OptimizerConfig(warmup_steps=0, warmup_ratio=0, scheduler="constant"),
+                            torch.optim.SGD(p, lr=0.3), 20)
+    for _ in range(5):
+        const.optimizer.step(), const.step()
+    assert const.get_last_lr() == [0.3]
+
+
+def test_adafactor_and_gradient_accumulation_train_the_prompt(tmp_path):
+    parts = parts_for("t5", "prompt_tuning", tmp_path, "optimizer=adafactor", "trainer.max_steps=3",
+                      "trainer.grad_accum=2", "trainer.batch_size=4", "trainer.eval_every=3")
+    before = parts.method.prompt.detach().clone()
+    outcome = fit(parts)
+    progress = outcome["progress"]  # 16 rows = 4 batches of 4 = 2 steps of 2 batches an epoch
+    assert (progress["step"], progress["epoch"], progress["batch"]) == (3, 1, 2)
+    assert isinstance(build_optimizer(parts.cfg.optimizer, [parts.method.prompt], 0.3, parts.device),
+                      __import__("transformers").optimization.Adafactor)
+    assert not torch.equal(before, parts.method.prompt)
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path, monkeypatch):
+    from ptune.training import loop
+
+    scores = iter([50.0, 60.0, 55.0, 58.0, 70.0, 99.0])
+    monkeypatch.setattr(loop, "evaluate", lambda parts, split: {"accuracy": next(scores)})
+    parts = parts_for("bert", "prompt_tuning", tmp_path, "trainer.max_steps=20", "trainer.eval_every=1",
+                      "trainer.patience=2", "trainer.batch_size=8")
+    outcome = fit(parts)
+    assert outcome["stopped"] == "early_stopping" and outcome["best_step"] == 2
+    assert [r["accuracy"] for r in outcome["progress"]["history"]] == [50.0, 60.0, 55.0, 58.0]
+    _, meta = ckpt.read_tensors(parts.run_dir / "prompt.safetensors")
+    assert meta["step"] == "2"  # the best checkpoint is the one kept
