@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE  ?= 1
 export HF_HUB_CACHE    ?= $(abspath $(SHARED))/models/hub
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: help install train test test-unit lint bench bench-quick clean
+.PHONY: help install train test test-unit lint typecheck bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,8 +26,10 @@ test:  ## every test: unit (tiny random-init models) and integration (real CLI, 
 test-unit:  ## unit tests only (seconds)
 	$(PY) -m pytest -q -m "not integration"
 
-lint:  ## ruff and mypy
+lint:  ## ruff (must be clean)
 	$(PY) -m ruff check ptune tests scripts
+
+typecheck:  ## mypy on ptune/ (not yet clean: torch/transformers dynamic attributes)
 	$(PY) -m mypy ptune
 
 bench:  ## speed and memory vs PEFT; writes docs/benchmarks.md and docs/benchmarks.json (~1 h)

@@ -78,7 +78,6 @@ class TrainerConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     group_by_length: bool = True
     device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False
     num_threads: int | None = None
     save_every: int | None = None  # training-state checkpoints; null: at each evaluation
     progress: bool = True

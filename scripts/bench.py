@@ -107,10 +107,10 @@ def memory_processes(args) -> list[dict]:
 
 
 def fixed_texts(args) -> list:
+    from bench_common import full_length_texts, ptune_overrides
     from transformers import AutoTokenizer
 
     from ptune.cli import load
-    from bench_common import full_length_texts, ptune_overrides
 
     cfg = load(ptune_overrides(args, "prompt_tuning", "fp32", args.batch_size))
     tok = AutoTokenizer.from_pretrained(cfg.model.tokenizer_id or cfg.model.hf_id)

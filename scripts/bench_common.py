@@ -201,7 +201,7 @@ def stats(xs: list[float]) -> dict:
 
 def paired_ratio(a: list[float], b: list[float]) -> dict:
     """Median of per-repeat ratios a_i / b_i: the two were timed back to back, so shared noise cancels."""
-    return stats([x / y for x, y in zip(a, b)])
+    return stats([x / y for x, y in zip(a, b, strict=True)])
 
 
 # --- memory -----------------------------------------------------------------------------------------

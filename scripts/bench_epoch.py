@@ -174,7 +174,7 @@ def eval_benchmark(args, kept: dict, log) -> dict:
             t_pf.append(b)
     log(f"  validation passes: ptune {min(t_pt):.2f}s, PEFT {min(t_pf):.2f}s")
     n = len(records)
-    peft_acc = 100 * sum(p == r["labels"] for p, r in zip(peft_validation(model, loader, device), records)) / n
+    peft_acc = 100 * sum(p == r["labels"] for p, r in zip(peft_validation(model, loader, device), records, strict=True)) / n
     return {"rows": n, "batch_size": args.eval_batch_size,
             "ptune": {"seconds": stats(t_pt), "examples_per_s": n / stats(t_pt)["median"]},
             "peft": {"seconds": stats(t_pf), "examples_per_s": n / stats(t_pf)["median"], "accuracy": peft_acc},

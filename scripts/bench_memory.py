@@ -48,12 +48,12 @@ def ptune_runner(args):
 
 
 def peft_runner(args):
+    from bench_common import ptune_overrides
     from peft import get_peft_model
-    from ptune.cli import load
-    from ptune.tasks.collate import collate, featurize
     from transformers import AutoTokenizer
 
-    from bench_common import ptune_overrides
+    from ptune.cli import load
+    from ptune.tasks.collate import collate, featurize
 
     cfg = load(ptune_overrides(args, args.method, args.precision, args.batch_size))
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")

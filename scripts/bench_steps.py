@@ -115,7 +115,7 @@ def time_eval(args, rigs: dict[str, Rig], precision: str) -> dict:
         for m, rig in rigs.items():
             p = rig.parts
             t_pt = timed(lambda p=p: predict(p, p.eval, args.batch_size), p.device)
-            t_pf = timed(lambda rig=rig: peft_predict(rig.peft, rig.batches, precision, p.device), p.device)
+            t_pf = timed(lambda rig=rig, p=p: peft_predict(rig.peft, rig.batches, precision, p.device), p.device)
             if r:
                 times[m][PTUNE_SYSTEM].append(t_pt)
                 times[m][PEFT_SYSTEM].append(t_pf)
@@ -163,7 +163,8 @@ def step_benchmark(args, precision: str, texts: list, log) -> dict:
 # --- bf16 quality: the prompt's gradient on a fixed batch ----------------------------------------------
 def method_gradient(args, method: str, precision: str, texts: list) -> tuple[torch.Tensor, float]:
     """Gradient of the method's parameters on one fixed batch, dropout off (so only precision differs)."""
-    from ptune.tasks.collate import collate, to_device as pt_device
+    from ptune.tasks.collate import collate
+    from ptune.tasks.collate import to_device as pt_device
 
     extra = ("model.dropout=0.0",) + (() if method == "prompt_tuning" else ("method.prefix_dropout=0.0",))
     parts = build_parts(args, method, precision, train_limit=args.batch_size, extra=extra)
