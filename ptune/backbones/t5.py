@@ -14,6 +14,12 @@ Prompt placement:
 Scoring is rank classification: the encoder runs once, then one batched decoder pass scores every
 candidate (sum of token log-likelihoods, EOS included) and the best-scoring candidate wins. Training
 uses the usual teacher-forced cross-entropy on the gold candidate's tokens.
+
+Where T5's own evaluation generates free text (STS-B's score string, ReCoRD's entity),
+ptune ranks the task's closed candidate set instead (STS-B's 26 score buckets, the passage's
+entities; WSC uses the True/False format of wsc.fixed): exact decoding restricted to valid outputs,
+with no invalid predictions and one decoder pass. Every GLUE / SuperGLUE task has such a set, so none needs
+free generation; an open-ended task will add a generation path here.
 """
 
 from __future__ import annotations
