@@ -11,9 +11,12 @@ Initialisation (Section 3.2):
 * ``class_labels``: each class label's embedding (multi-token labels averaged) fills one prompt token,
   in label order; remaining tokens fall back to ``vocab_sample``.
 * ``text``: the embeddings of ``init_text``, repeated to fill P tokens (as PEFT's TEXT init does).
+* ``random_normal`` (not in the paper): N(0, 1), Hugging Face PEFT's ``PromptTuningInit.RANDOM``, for
+  comparisons with PEFT. Under a BERT embedding LayerNorm only the prompt's direction matters, so a
+  larger init scale means a smaller relative step at the same Adam learning rate.
 
-Deviation: for BERT-family backbones ptune places the soft tokens after [CLS] by default so that the
-pooled first token stays [CLS] (``model.prompt_position=start`` reproduces PEFT's placement).
+For BERT-family backbones the soft tokens go before [CLS] by default, as in PEFT
+(``model.prompt_position=after_cls`` keeps [CLS] first; see ptune/backbones/bert.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ptune.errors import ConfigError
 from ptune.methods import register
 from ptune.methods.base import BackboneDims, Prompt, PromptMethod
 
-INITS = ("random_uniform", "vocab_sample", "class_labels", "text")
+INITS = ("random_uniform", "vocab_sample", "class_labels", "text", "random_normal")
 
 
 @dataclass
@@ -51,6 +54,8 @@ def initial_prompt(cfg: PromptTuningConfig, dims: BackboneDims, label_words: lis
     p, emb = cfg.num_virtual_tokens, dims.word_embeddings.detach().float()
     if cfg.init == "random_uniform":
         return torch.empty(p, dims.hidden_size).uniform_(-0.5, 0.5)
+    if cfg.init == "random_normal":  # PEFT's PromptTuningInit.RANDOM: nn.Embedding's default N(0, 1)
+        return torch.randn(p, dims.hidden_size)
     sampled = emb[dims.common_token_ids[torch.randint(len(dims.common_token_ids), (p,))]].clone()
     if cfg.init == "vocab_sample":
         return sampled

@@ -69,6 +69,12 @@ def test_random_uniform_init_is_in_range():
     assert m.prompt.min() >= -0.5 and m.prompt.max() <= 0.5 and m.prompt.std() > 0.2
 
 
+def test_random_normal_init_is_peft_s_standard_normal():
+    m = methods.build(PromptTuningConfig(num_virtual_tokens=50, init="random_normal"), dims(), [[]])
+    assert abs(m.prompt.std().item() - 1) < 0.1 and abs(m.prompt.mean().item()) < 0.1
+    assert m.prompt.abs().max() > 0.5  # not the uniform one
+
+
 def test_vocab_sample_init_draws_from_common_tokens():
     d = dims()
     m = methods.build(PromptTuningConfig(num_virtual_tokens=20, init="vocab_sample"), d, [[]])
