@@ -32,7 +32,7 @@ lint:  ## ruff (must be clean)
 typecheck:  ## mypy on ptune/ (not yet clean: torch/transformers dynamic attributes)
 	$(PY) -m mypy ptune
 
-bench:  ## speed and memory vs PEFT; writes docs/benchmarks.md and docs/benchmarks.json (~1 h)
+bench:  ## speed and memory vs PEFT; writes docs/benchmarks.md and docs/benchmarks.json (~40 min on 2 cores)
 	$(PY) scripts/bench.py
 
 bench-quick:  ## a smoke run of the benchmark on a tiny model (writes outputs/bench-quick.*)

@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="ptune vs PEFT: step time, memory, epochs, evaluation, bf16 quality")
     add_common_args(p)
     a = p.add_argument
-    a("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"), help="step benchmark precisions")
+    a("--precision", nargs="+", default=None, choices=("fp32", "bf16"),
+      help="precisions (default: fp32, plus bf16 on CUDA or on a CPU with bf16 instructions)")
     a("--repeats", type=int, default=10, help="timed training steps per method and system")
     a("--warmup", type=int, default=2)
     a("--eval-repeats", type=int, default=3)
@@ -74,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key, value in QUICK.items():
             if key not in given:
                 setattr(args, key, value)
+    if args.precision is None:
+        from ptune.run import cpu_has_bf16
+
+        on_cuda = args.device != "cpu" and torch.cuda.is_available()
+        bf16 = on_cuda or cpu_has_bf16()
+        args.precision = ["fp32", "bf16"] if bf16 else ["fp32"]
     folder, stem = (ROOT / "outputs", "bench-quick") if args.quick else (ROOT / "docs", "benchmarks")
     args.out = args.out or folder / f"{stem}.json"
     args.doc = args.doc or folder / f"{stem}.md"
