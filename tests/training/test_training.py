@@ -133,3 +133,21 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp
     assert [r["accuracy"] for r in outcome["progress"]["history"]] == [50.0, 60.0, 55.0, 58.0]
     _, meta = ckpt.read_tensors(parts.run_dir / "prompt.safetensors")
     assert meta["step"] == "2"  # the best checkpoint is the one kept
+
+
+def test_bf16_stores_the_frozen_body_in_bf16_and_keeps_trainables_and_loss_in_fp32(family, tmp_path):
+    parts = parts_for(family, "p_tuning_v2", tmp_path, "trainer.precision=bf16", "trainer.max_steps=2",
+                      "trainer.eval_every=2", "trainer.batch_size=8")
+    assert {p.dtype for p in parts.backbone.model.parameters()} == {torch.bfloat16}
+    trainable = [p for m in parts.trainable_modules().values() for p in m.parameters()]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    params = [p for p in trainable if p.requires_grad]
+    opt = build_optimizer(parts.cfg.optimizer, params, parts.cfg.lr, parts.device)
+    sched = build_scheduler(parts.cfg.optimizer, opt, 10)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    loss = train_step(parts, opt, sched, scaler, [list(range(8))], parts.backbone.family, parts.pad_id, params)
+    assert isinstance(loss, float) and loss == loss  # a finite fp32 number
+    moments = [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t) and t.dim() > 0]
+    assert moments and all(t.dtype == torch.float32 for t in moments)
+    batch = next(iterate(parts.train, [list(range(8))], parts.backbone.family, parts.pad_id))
+    assert parts.backbone(batch, parts.method(batch["task_ids"]), score=False).loss.dtype == torch.float32
