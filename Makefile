@@ -16,7 +16,7 @@ install:  ## create .venv with the CPU torch wheel, ptune (editable) and its dev
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 
-train:  ## a real offline run: prompt tuning, MiniLM, SST-2, 300 steps (3-6 min on 2 cores)
+train:  ## a real offline run: prompt tuning, MiniLM, SST-2, 300 steps (4-8 min on 2 cores)
 	.venv/bin/ptune train method=prompt_tuning model=minilm task=sst2 data.root=$(SHARED)/data/hub \
 		trainer.max_steps=300 optimizer.lr=0.03 run_dir=outputs/quickstart-pt-sst2-minilm
 

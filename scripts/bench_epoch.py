@@ -43,7 +43,7 @@ def ptune_epoch(args, precision: str, grouped: bool = True) -> dict:
     from ptune.tasks.collate import train_batches
 
     start = time.perf_counter()
-    extra = () if grouped else ("trainer.group_by_length=false",)
+    extra = ("trainer.group_by_length=true",) if grouped else ("trainer.group_by_length=false",)
     parts = build_parts(args, args.epoch_method, precision, args.epoch_rows, extra, eval_limit=args.eval_rows)
     built = time.perf_counter() - start
     tc = parts.cfg.trainer
