@@ -146,9 +146,9 @@ def check_run_folder(cfg: Config, run_dir: Path) -> None:
         return
     if not cfg.resume:
         raise ConfigError(f"run folder {run_dir} already exists; use resume=true to continue it or another run_dir=")
-    old = OmegaConf.load(saved)
+    old, new = OmegaConf.load(saved), OmegaConf.structured(cfg)
     for key in ("method.name", "model.name", "task.name", "seed"):
-        if str(OmegaConf.select(old, key)) != str(OmegaConf.select(OmegaConf.structured(cfg), key)):
+        if str(OmegaConf.select(old, key)) != str(OmegaConf.select(new, key)):
             raise ConfigError(
                 f"run folder {run_dir} holds a run with {key}={OmegaConf.select(old, key)}; choose another run_dir="
             )

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 import subprocess
 import sys
@@ -44,6 +43,10 @@ class Parts:
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         return {"method": self.method, "head": getattr(self.backbone, "heads", torch.nn.ModuleDict())}
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer sees: the method's and the heads' parameters, never the frozen body."""
+        return [p for m in self.trainable_modules().values() for p in m.parameters() if p.requires_grad]
 
     def metadata(self) -> dict[str, str]:
         c = self.cfg
@@ -103,7 +106,7 @@ def build(cfg: Config, *, train: bool = True, examples: dict[str, list] | None =
     check_precision(cfg.trainer.precision, device)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    root = cfg.data.root or os.environ.get("PTUNE_DATA_DIR")
+    root = cfg.data.root  # None: tasks.data falls back to $PTUNE_DATA_DIR, then the hub
     if examples is not None:
         train_ex, eval_ex = examples.get("train") if train else None, examples["eval"]
     else:

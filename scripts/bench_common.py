@@ -50,7 +50,7 @@ def ptune_optimizer(parts, total_steps: int):
     """ptune's own optimizer and schedule over the trainable parameters (as ``fit`` builds them)."""
     from ptune.training.optim import build_optimizer, build_scheduler
 
-    params = [p for m in parts.trainable_modules().values() for p in m.parameters() if p.requires_grad]
+    params = parts.trainable_parameters()
     opt = build_optimizer(parts.cfg.optimizer, params, parts.cfg.lr, parts.device)
     sched = build_scheduler(parts.cfg.optimizer, opt, total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=parts.device.type == "cuda" and parts.cfg.trainer.precision == "fp16")
@@ -62,7 +62,7 @@ def ptune_step(parts, state, idx: list[int]) -> float:
     from ptune.training.loop import train_step
 
     params, opt, sched, scaler = state
-    return train_step(parts, opt, sched, scaler, [idx], parts.backbone.family, parts.pad_id, params)
+    return train_step(parts, opt, sched, scaler, [idx], params)
 
 
 # --- the fixed benchmark rows -------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def fit(parts, console: Console | None = None) -> dict:
     cfg, run_dir = parts.cfg, Path(parts.run_dir)
     tcfg, task = cfg.trainer, parts.train.task
     modules = parts.trainable_modules()
-    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    params = parts.trainable_parameters()
     optimizer = build_optimizer(cfg.optimizer, params, cfg.lr, parts.device)
     scheduler = build_scheduler(cfg.optimizer, optimizer, tcfg.max_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=parts.device.type == "cuda" and tcfg.precision == "fp16")
@@ -103,7 +103,6 @@ def fit(parts, console: Console | None = None) -> dict:
 
     reporter = Reporter(console, tcfg, task, start_step=progress["step"])
     lengths = parts.train.lengths()
-    family, pad = parts.backbone.family, parts.pad_id
     flag: dict = {}
     start = time.perf_counter() - progress["wall_time"]
     stop_reason = "max_steps"
@@ -112,7 +111,7 @@ def fit(parts, console: Console | None = None) -> dict:
             batches = train_batches(lengths, tcfg.batch_size, cfg.seed, progress["epoch"], tcfg.group_by_length)
             while progress["batch"] + tcfg.grad_accum <= len(batches):
                 group = batches[progress["batch"] : progress["batch"] + tcfg.grad_accum]
-                loss = train_step(parts, optimizer, scheduler, scaler, group, family, pad, params)
+                loss = train_step(parts, optimizer, scheduler, scaler, group, params)
                 progress["batch"] += tcfg.grad_accum
                 progress["step"] += 1
                 step = progress["step"]
@@ -143,12 +142,13 @@ def fit(parts, console: Console | None = None) -> dict:
     return {"stopped": stop_reason, "progress": progress, "best_step": stopper.best_step}
 
 
-def train_step(parts, optimizer, scheduler, scaler, group, family, pad, params) -> float:
+def train_step(parts, optimizer, scheduler, scaler, group, params) -> float:
+    """One optimizer step over ``group`` (a list of batches of row indices: gradient accumulation)."""
     parts.method.train()
     parts.backbone.train()
     total = 0.0
-    for idx in group:
-        batch = to_device(next(iterate(parts.train, [idx], family, pad)), parts.device)
+    for batch in iterate(parts.train, group, parts.backbone.family, parts.pad_id):
+        batch = to_device(batch, parts.device)
         with amp_context(parts):
             out = parts.backbone(batch, parts.method(batch["task_ids"]), score=False)
         loss = out.loss.float() / len(group)

@@ -34,12 +34,12 @@ def test_learnability_loss_on_16_examples_drops_by_more_than_half(family, method
                       "optimizer.warmup_ratio=0", "model.dropout=0.0", "method.num_virtual_tokens=8",
                       *(["method.prefix_dropout=0.0"] if method != "prompt_tuning" else []))
     before = full_batch_loss(parts)
-    params = [p for mod in parts.trainable_modules().values() for p in mod.parameters()]
+    params = parts.trainable_parameters()
     opt = build_optimizer(parts.cfg.optimizer, params, parts.cfg.lr, parts.device)
     sched = build_scheduler(parts.cfg.optimizer, opt, 100)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     for _ in range(60):
-        train_step(parts, opt, sched, scaler, [list(range(16))], parts.backbone.family, parts.pad_id, params)
+        train_step(parts, opt, sched, scaler, [list(range(16))], params)
     after = full_batch_loss(parts)
     assert after < before / 2, (before, after)
 
@@ -145,7 +145,7 @@ def test_bf16_stores_the_frozen_body_in_bf16_and_keeps_trainables_and_loss_in_fp
     opt = build_optimizer(parts.cfg.optimizer, params, parts.cfg.lr, parts.device)
     sched = build_scheduler(parts.cfg.optimizer, opt, 10)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    loss = train_step(parts, opt, sched, scaler, [list(range(8))], parts.backbone.family, parts.pad_id, params)
+    loss = train_step(parts, opt, sched, scaler, [list(range(8))], params)
     assert isinstance(loss, float) and loss == loss  # a finite fp32 number
     moments = [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t) and t.dim() > 0]
     assert moments and all(t.dtype == torch.float32 for t in moments)
