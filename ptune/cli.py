@@ -2,7 +2,7 @@
 
     ptune train method=p_tuning_v2 model=minilm task=sst2 trainer.max_steps=300
     ptune eval run=outputs/<run>
-    ptune describe method=prompt_tuning task=rte     # the resolved config and parameter counts
+    ptune describe method=prompt_tuning task=rte     # the resolved config, nothing loaded
 
 User mistakes (unknown names, wrong types, bad ranges, missing data or models, broken checkpoints)
 print one line and exit 2; internal errors keep their traceback.
@@ -33,7 +33,7 @@ USAGE = """ptune <command> [key=value ...]
 commands:
   train      train a method on a task:   ptune train method=p_tuning_v2 task=rte model=minilm
   eval       re-score a saved run:        ptune eval run=outputs/<run> [data.root=...]
-  describe   print the resolved config and parameter counts without training
+  describe   print the resolved config (nothing is loaded or trained)
 
 groups (choose with group=name): method, model, task, optimizer, trainer; any value can be
 overridden with a dotted key, e.g. trainer.max_steps=300 optimizer.lr=0.1 data.root=../shared/data/hub
