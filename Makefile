@@ -1,30 +1,60 @@
-# ptune: `make help` lists the targets. Offline here: ../shared holds the data and models.
-PY      ?= .venv/bin/python
-SHARED  ?= ../shared
-export HF_HUB_OFFLINE  ?= 1
-export HF_HUB_CACHE    ?= $(abspath $(SHARED))/models/hub
+# ptune: `make help` lists the targets. With ../shared beside the checkout (data and a model cache), runs
+# are offline from it; without it, data and models come from the Hugging Face hub.
+PY       ?= .venv/bin/python
+SHARED   ?= ../shared
+TORCH    := torch==2.13.0
+# the lock holds transformers 5.23.0: the newest version on which peft 0.21.2's prefix tuning runs, so
+# every PEFT comparison runs on the locked set (5.24 is tested by `make test-latest`)
+LOCK_PINS := transformers==5.23.0
 export TOKENIZERS_PARALLELISM = false
+ifneq ($(wildcard $(SHARED)/models/hub),)
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_CACHE  ?= $(abspath $(SHARED))/models/hub
+endif
+DATA_ROOT := $(if $(wildcard $(SHARED)/data/hub),data.root=$(SHARED)/data/hub)
 
-.PHONY: help install train test test-unit lint typecheck bench bench-quick clean
+.PHONY: help install train test test-latest test-unit lock where lint typecheck bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install:  ## create .venv with the CPU torch wheel, ptune (editable) and its dev tools
+install:  ## .venv with the tested versions (constraints.txt): CPU torch 2.13, ptune (editable), dev tools
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt $(TORCH)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 
-train:  ## a real offline run: prompt tuning, MiniLM, SST-2, 300 steps (4-8 min on 2 cores)
-	.venv/bin/ptune train method=prompt_tuning model=minilm task=sst2 data.root=$(SHARED)/data/hub \
+train:  ## a real run: prompt tuning, MiniLM, SST-2, 300 steps (4-8 min on 2 cores); offline from ../shared if there
+	.venv/bin/ptune train method=prompt_tuning model=minilm task=sst2 $(DATA_ROOT) \
 		trainer.max_steps=300 optimizer.lr=0.03 run_dir=outputs/quickstart-pt-sst2-minilm
 
-test:  ## every test: unit (tiny random-init models) and integration (real CLI, data and model)
-	$(PY) -m pytest -q
+where:  ## where `make train` takes data and models from
+	@echo "data: $(or $(DATA_ROOT),the hub (nyu-mll/glue))"
+	@echo "models: HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} HF_HUB_CACHE=$${HF_HUB_CACHE:-the default cache}"
+
+test:  ## every test on the locked versions: unit (tiny random-init models) and integration (real CLI, data, model)
+	PTUNE_REQUIRE_PEFT=1 $(PY) -m pytest -q -rs
+
+test-latest:  ## every test in .venv-latest, on the newest versions pyproject.toml allows (torch held at 2.13.0)
+	rm -rf .venv-latest
+	python3 -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip
+	.venv-latest/bin/python -m pip install -q $(TORCH)
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/python -m pytest -q -rs
 
 test-unit:  ## unit tests only (seconds)
 	$(PY) -m pytest -q -m "not integration"
+
+lock:  ## rebuild constraints.txt: the newest allowed versions in a fresh venv, except LOCK_PINS
+	rm -rf .venv-lock
+	python3 -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q $(TORCH)
+	.venv-lock/bin/python -m pip install -q -e ".[dev]" $(LOCK_PINS)
+	{ sed -n '1,2p' constraints.txt; .venv-lock/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-lock
 
 lint:  ## ruff (must be clean)
 	$(PY) -m ruff check ptune tests scripts

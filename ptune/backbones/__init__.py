@@ -16,6 +16,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from ptune.backbones import attention
 from ptune.backbones.base import Backbone, Output
 from ptune.backbones.bert import BertBackbone
 from ptune.backbones.t5 import T5Backbone
@@ -44,7 +45,7 @@ def _not_found(cfg: ModelConfig, err: Exception) -> ModelError:
     )
 
 
-def _model_config(cfg: ModelConfig, attn: str):
+def _model_config(cfg: ModelConfig):
     overrides: dict = dict(cfg.config_overrides)
     if cfg.dropout is not None:
         overrides.update({k: cfg.dropout for k in DROPOUT_KEYS[cfg.family]})
@@ -52,18 +53,18 @@ def _model_config(cfg: ModelConfig, attn: str):
         config = AutoConfig.from_pretrained(cfg.hf_id, trust_remote_code=cfg.trust_remote_code, **overrides)
     else:
         config = DEFAULT_CONFIGS[cfg.family](**overrides)
-    config._attn_implementation = attn
     return config
 
 
 def _load_model(cfg: ModelConfig, dtype: torch.dtype, attn: str):
-    config = _model_config(cfg, attn)
+    config = _model_config(cfg)
     cls = T5ForConditionalGeneration if cfg.family == "t5" else AutoModel
     if cfg.random_init:
         torch.manual_seed(0)  # a tiny random backbone is the same in every process
         if cfg.family == "bert":
             config.add_pooling_layer = True
         model = (cls.from_config if cls is AutoModel else cls)(config)
+        model.set_attn_implementation(attn)
         return model.to(dtype)
     # safetensors only: a pickled .bin checkpoint can run code when loaded, so it is refused
     kwargs = {"dtype": dtype, "attn_implementation": attn, "trust_remote_code": cfg.trust_remote_code,
@@ -81,7 +82,7 @@ def load(
         raise unknown("model family", cfg.family, BUILDERS)
     device = device or torch.device("cpu")
     hf_logging.disable_progress_bar()  # ptune prints its own progress
-    attn = attn_implementation(cfg, device, precision)
+    attn = attention.implementation(attn_implementation(cfg, device, precision))  # deep prompts' entry
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_id or cfg.hf_id)
         model = _load_model(cfg, DTYPES[precision], attn)

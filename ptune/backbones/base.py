@@ -50,6 +50,3 @@ class Backbone(nn.Module):
         mask = torch.cat([mask[:, :at], ones, mask[:, at:]], dim=1)
         return embeds, mask
 
-
-def cast_kv(kv: list[tuple[Tensor, Tensor]] | None, dtype: torch.dtype) -> list[tuple[Tensor, Tensor]] | None:
-    return None if kv is None else [(k.to(dtype), v.to(dtype)) for k, v in kv]

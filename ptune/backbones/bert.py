@@ -6,9 +6,13 @@ Prompt placement:
   the first soft token. ``after_cls`` keeps [CLS] first and puts them right after it. On MiniLM / SST-2
   (300 steps, lr 0.3) ``start`` reached 76.1 and ``after_cls`` 72.5 (docs/results.md), hence the
   default. tests/backbones/test_peft_equivalence.py pins both. Soft tokens take token type 0.
-* deep prompts (``Prompt.keys_values``) enter every self-attention layer through a ``DynamicCache``
-  that already holds the prefix; the attention mask is extended by ones in front, position ids shift
-  by the prefix length (transformers does this for any past), exactly as in PEFT and P-Tuning v2.
+* deep prompts (``Prompt.keys_values``) enter every self-attention layer through ptune's registered
+  attention function (ptune/backbones/attention.py), which prepends the layer's prefix keys/values and
+  extends the attention mask by attended columns. PEFT and P-Tuning v2 hand the prefix to the model as
+  a past (``past_key_values``), and a past shifts BERT's absolute position ids by its length; ptune
+  passes those shifted ``position_ids`` explicitly, so logits equal PEFT's. Models whose embeddings do
+  not count a past when given ``inputs_embeds`` (RoBERTa's) keep their own positions, as under PEFT
+  (``PAST_SHIFTS_POSITIONS``).
 
 Heads (P-Tuning v2's official code): dropout + linear on the pooled first token (the model's pooler
 when it has one) for classification / regression / multiple choice; span classification (WSC) pools
@@ -22,10 +26,14 @@ import re
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import DynamicCache
 
-from ptune.backbones.base import Backbone, Output, cast_kv
+from ptune.backbones import attention
+from ptune.backbones.base import Backbone, Output
 from ptune.methods.base import BackboneDims, Prompt
+
+# model types whose embeddings shift absolute position ids by the length of a past (BertEmbeddings'
+# ``cache_length``); RobertaEmbeddings ignores the past when given inputs_embeds
+PAST_SHIFTS_POSITIONS = {"bert"}
 
 
 class Head(nn.Module):
@@ -53,6 +61,7 @@ class BertBackbone(Backbone):
         dropout = getattr(model.config, "classifier_dropout", None)
         dropout = model.config.hidden_dropout_prob if dropout is None else dropout
         self.heads = nn.ModuleDict({t: Head(k, hidden, n, dropout) for t, (k, n) in heads.items()})
+        self.self_attention = [layer.attention.self for layer in model.encoder.layer]
 
     def dims(self) -> BackboneDims:
         c = self.model.config
@@ -77,14 +86,17 @@ class BertBackbone(Backbone):
         if token_types is not None and prompt.embeds is not None:
             zeros = token_types.new_zeros(n, prompt.num_tokens)
             token_types = torch.cat([token_types[:, :at], zeros, token_types[:, at:]], dim=1)
-        cache = None
+        layers, positions = {}, None
         if prompt.keys_values is not None:
-            kv = cast_kv(prompt.keys_values, emb.dtype)
-            cache = DynamicCache(kv, config=self.model.config)
-            full_mask = torch.cat([full_mask.new_ones(n, prompt.prefix_length), full_mask], dim=1)
-        out = self.model(
-            inputs_embeds=emb, attention_mask=full_mask, token_type_ids=token_types, past_key_values=cache
-        )
+            layers = {m: attention.LayerPrefix(k, v) for m, (k, v) in zip(self.self_attention, prompt.keys_values,
+                                                                         strict=True)}
+            if self.model.config.model_type in PAST_SHIFTS_POSITIONS:
+                p = prompt.prefix_length
+                positions = torch.arange(p, p + emb.shape[1], device=emb.device).unsqueeze(0)
+        with attention.prefixes(layers):
+            out = self.model(
+                inputs_embeds=emb, attention_mask=full_mask, token_type_ids=token_types, position_ids=positions
+            )
         pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
         return out.last_hidden_state, pooled
 

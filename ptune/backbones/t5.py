@@ -3,13 +3,13 @@
 Prompt placement:
 * soft tokens go before the input embeddings (Lester et al. 2021); the encoder mask covers them and
   the decoder's cross-attention sees them.
-* deep prompts reach **both** stacks. The decoder takes its prefix through an ``EncoderDecoderCache``
-  (self-attention cache pre-filled, cross-attention cache empty). T5's encoder stack drops any cache on
-  purpose (``T5Stack.forward``), which is why PEFT's prefix tuning on T5 only reaches the decoder;
-  ptune instead installs a forward pre-hook on every encoder self-attention module that hands it a
-  ``DynamicCache`` holding that layer's prefix and extends the attention mask by the prefix columns.
-  The prefix sits to the left of the input for T5's relative position bias (the query positions are
-  offset by the prefix length, as for any past).
+* deep prompts reach the self-attention of **both** stacks through ptune's registered attention
+  function (ptune/backbones/attention.py): each encoder and decoder self-attention module is mapped to
+  its layer's prefix; cross-attention is left alone. T5's encoder stack drops any cache on purpose
+  (``T5Stack.forward``), which is why PEFT's prefix tuning on T5 only reaches the decoder; the
+  attention registry reaches it without a cache or a module hook. The prefix sits to the left of the
+  input for T5's relative position bias (queries at positions P.., prefix keys at 0..P-1, as a past of
+  length P gives), and the attention mask gains attended prefix columns, padding staying masked.
 
 Scoring is rank classification: the encoder runs once, then one batched decoder pass scores every
 candidate (sum of token log-likelihoods, EOS included) and the best-scoring candidate wins. Training
@@ -24,14 +24,12 @@ free generation; an open-ended task will add a generation path here.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import DynamicCache, EncoderDecoderCache
 
-from ptune.backbones.base import Backbone, Output, cast_kv
+from ptune.backbones import attention
+from ptune.backbones.base import Backbone, Output
 from ptune.methods.base import BackboneDims, Prompt
 
 
@@ -43,10 +41,10 @@ class T5Backbone(Backbone):
         self.model = model
         self.tokenizer = tokenizer
         self.freeze()
-        self._encoder_cache: DynamicCache | None = None
-        self._encoder_prefix_len = 0
-        for block in model.encoder.block:
-            block.layer[0].SelfAttention.register_forward_pre_hook(self._encoder_prefix_hook, with_kwargs=True)
+        self.self_attention = {
+            stack: [block.layer[0].SelfAttention for block in getattr(model, stack).block]
+            for stack in ("encoder", "decoder")
+        }
 
     def dims(self) -> BackboneDims:
         c = self.model.config
@@ -62,34 +60,20 @@ class T5Backbone(Backbone):
             common_token_ids=torch.arange(3, min(5003, c.vocab_size)),
         )
 
-    # --- encoder prefix hook -------------------------------------------------------------------
-    def _encoder_prefix_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        if self._encoder_cache is None:
-            return None
-        kwargs["past_key_values"] = self._encoder_cache
-        mask = kwargs.get("mask")
-        if mask is not None:  # None means "attend everywhere", which already covers the prefix
-            pad_shape = (*mask.shape[:-1], self._encoder_prefix_len)
-            attend = torch.ones(pad_shape, dtype=torch.bool, device=mask.device)
-            if mask.dtype != torch.bool:
-                attend = torch.zeros(pad_shape, dtype=mask.dtype, device=mask.device)
-            kwargs["mask"] = torch.cat([attend, mask], dim=-1)
-        return args, kwargs
-
-    @contextmanager
-    def encoder_prefix(self, kv: list[tuple[Tensor, Tensor]] | None):
-        self._encoder_cache = None if kv is None else DynamicCache(kv, config=self.model.config)
-        self._encoder_prefix_len = 0 if kv is None else kv[0][0].shape[2]
-        try:
-            yield
-        finally:
-            self._encoder_cache, self._encoder_prefix_len = None, 0
+    def prefixes(self, stack: str, kv: list[tuple[Tensor, Tensor]] | None):
+        """Within the block, ``stack``'s self-attention layers attend to their prefix keys/values."""
+        modules = self.self_attention[stack]
+        bias = attention.StackBias(modules[0])
+        return attention.prefixes(
+            {m: attention.LayerPrefix(k, v, bias) for m, (k, v) in zip(modules, kv or [], strict=True)}
+            if kv else {}
+        )
 
     # --- forward ---------------------------------------------------------------------------------
     def encode(self, batch: dict, prompt: Prompt) -> tuple[Tensor, Tensor]:
         emb = self.model.get_input_embeddings()(batch["input_ids"])
         emb, mask = self.place_embeds(emb, batch["attention_mask"], prompt, at=0)
-        with self.encoder_prefix(cast_kv(prompt.keys_values, emb.dtype)):
+        with self.prefixes("encoder", prompt.keys_values):
             hidden = self.model.encoder(inputs_embeds=emb, attention_mask=mask).last_hidden_state
         return hidden, mask
 
@@ -98,21 +82,11 @@ class T5Backbone(Backbone):
         rep = len(targets) // rows
         if rep > 1:
             enc, enc_mask = enc.repeat_interleave(rep, 0), enc_mask.repeat_interleave(rep, 0)
-        cache = None
-        if prompt.decoder_keys_values is not None:
-            kv = [(k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)) for k, v in prompt.decoder_keys_values]
-            cache = EncoderDecoderCache(
-                DynamicCache(cast_kv(kv, enc.dtype), config=self.model.config),
-                DynamicCache(config=self.model.config),
-            )
-        dec_in = self.model._shift_right(targets.masked_fill(targets < 0, self.model.config.pad_token_id))
-        out = self.model.decoder(
-            input_ids=dec_in,
-            encoder_hidden_states=enc,
-            encoder_attention_mask=enc_mask,
-            past_key_values=cache,
-            use_cache=False,
-        ).last_hidden_state
+        dec_in = shift_right(targets, self.model.config)
+        with self.prefixes("decoder", prompt.decoder_keys_values):  # rows repeat the prefix as needed
+            out = self.model.decoder(
+                input_ids=dec_in, encoder_hidden_states=enc, encoder_attention_mask=enc_mask, use_cache=False
+            ).last_hidden_state
         if self.model.config.scale_decoder_outputs:
             out = out * (self.model.config.d_model**-0.5)
         return self.model.lm_head(out).float()
@@ -132,6 +106,12 @@ class T5Backbone(Backbone):
             scores = sequence_logprob(logits, cands.flatten(0, 1)).view(b, c)
             scores = scores.masked_fill(~batch["choice_mask"], float("-inf"))
         return Output(loss, scores)
+
+
+def shift_right(targets: Tensor, config) -> Tensor:
+    """Teacher-forcing decoder inputs: the start token, then the targets less the last (padding for < 0)."""
+    start = targets.new_full((len(targets), 1), config.decoder_start_token_id)
+    return torch.cat([start, targets[:, :-1].masked_fill(targets[:, :-1] < 0, config.pad_token_id)], dim=1)
 
 
 def sequence_logprob(logits: Tensor, targets: Tensor) -> Tensor:

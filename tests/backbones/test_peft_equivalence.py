@@ -16,6 +16,7 @@ from transformers import BertForSequenceClassification
 
 from ptune import backbones, methods, tasks
 from tests.conftest import tiny_config
+from tests.peft_compat import peft_reference
 
 P = 5
 
@@ -36,8 +37,17 @@ def inputs():
     return ids, mask
 
 
-def bert_reference(bb) -> BertForSequenceClassification:
-    hf = BertForSequenceClassification(bb.model.config)
+def stock(model, attn: str):
+    """A copy of the frozen model on transformers' own attention kernel, for PEFT to wrap."""
+    model = copy.deepcopy(model)
+    model.set_attn_implementation(attn)
+    return model
+
+
+def bert_reference(bb, attn: str) -> BertForSequenceClassification:
+    config = copy.deepcopy(bb.model.config)
+    config._attn_implementation = attn
+    hf = BertForSequenceClassification(config)
     hf.bert.load_state_dict(bb.model.state_dict())
     hf.classifier.load_state_dict(bb.heads["sst2"].classifier.state_dict())
     return hf
@@ -50,13 +60,13 @@ def bert_batch(ids, mask):
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_prompt_tuning_on_t5_matches_peft(attn):
     bb, m = build("t5", "prompt_tuning", f"model.attn_implementation={attn}")
-    peft = get_peft_model(copy.deepcopy(bb.model), PromptTuningConfig(
+    peft = get_peft_model(stock(bb.model, attn), PromptTuningConfig(
         task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=P)).eval()
     # PEFT keeps one copy of the prompt per transformer submodule; the encoder uses the first
     peft.prompt_encoder["default"].embedding.weight.data.copy_(m.prompt.data.repeat(2, 1))
     ids, mask = inputs()
     labels = torch.tensor([[1465, 1], [2841, 1], [1465, 1], [2841, 1]])
-    ref = peft(input_ids=ids, attention_mask=mask, labels=labels).logits
+    ref = peft_reference(lambda: peft(input_ids=ids, attention_mask=mask, labels=labels).logits)
     prompt = m(torch.zeros(4, dtype=torch.long))
     enc, emask = bb.encode({"input_ids": ids, "attention_mask": mask}, prompt)
     ours = bb.decode(enc, emask, labels, prompt, 4)
@@ -67,11 +77,11 @@ def test_prompt_tuning_on_t5_matches_peft(attn):
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_prompt_tuning_on_bert_matches_peft_with_start_placement(attn):
     bb, m = build("bert", "prompt_tuning", "model.prompt_position=start", f"model.attn_implementation={attn}")
-    peft = get_peft_model(bert_reference(bb), PromptTuningConfig(
+    peft = get_peft_model(bert_reference(bb, attn), PromptTuningConfig(
         task_type=TaskType.SEQ_CLS, num_virtual_tokens=P)).eval()
     peft.prompt_encoder["default"].embedding.weight.data.copy_(m.prompt.data)
     ids, mask = inputs()
-    ref = peft(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits
+    ref = peft_reference(lambda: peft(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits)
     ours = bb(bert_batch(ids, mask), m(torch.zeros(4, dtype=torch.long))).scores
     assert (ours - ref).abs().max() < 1e-5
 
@@ -81,7 +91,7 @@ def test_prompt_tuning_on_bert_matches_peft_with_start_placement(attn):
 def test_prefix_tuning_on_bert_matches_peft(method, attn):
     bb, m = build("bert", method, f"model.attn_implementation={attn}", "method.prefix_hidden_size=16")
     reparam = method == "prefix_tuning"
-    peft = get_peft_model(bert_reference(bb), PrefixTuningConfig(
+    peft = get_peft_model(bert_reference(bb, attn), PrefixTuningConfig(
         task_type=TaskType.SEQ_CLS, num_virtual_tokens=P, prefix_projection=reparam,
         encoder_hidden_size=16)).eval()
     enc = peft.prompt_encoder["default"]
@@ -89,19 +99,19 @@ def test_prefix_tuning_on_bert_matches_peft(method, attn):
     if reparam:
         enc.transform.load_state_dict(m.encoder.transform.state_dict())
     ids, mask = inputs()
-    ref = peft(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits
+    ref = peft_reference(lambda: peft(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits)
     ours = bb(bert_batch(ids, mask), m(torch.zeros(4, dtype=torch.long))).scores
     assert (ours - ref).abs().max() < 1e-5
 
 
 def test_after_cls_placement_differs_from_peft_and_keeps_cls_first():
     bb, m = build("bert", "prompt_tuning", "model.prompt_position=after_cls")
-    peft = get_peft_model(bert_reference(bb), PromptTuningConfig(
+    peft = get_peft_model(bert_reference(bb, "sdpa"), PromptTuningConfig(
         task_type=TaskType.SEQ_CLS, num_virtual_tokens=P)).eval()
     peft.prompt_encoder["default"].embedding.weight.data.copy_(m.prompt.data)
     ids, mask = inputs()
     ids[:, 0] = 101
-    ref = peft(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits
+    ref = peft_reference(lambda: peft(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits)
     seen = {}
     h = bb.model.embeddings.register_forward_hook(lambda mod, args, kw, out: seen.update(kw), with_kwargs=True)
     ours = bb(bert_batch(ids, mask), m(torch.zeros(4, dtype=torch.long))).scores

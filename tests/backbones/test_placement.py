@@ -3,6 +3,7 @@ the backbone stays frozen, and rank scoring equals scoring each candidate on its
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ptune import backbones, methods, tasks
@@ -10,9 +11,9 @@ from ptune.methods.base import Prompt
 from tests.conftest import tiny_config
 
 
-def setup(family: str, method: str, **method_overrides):
+def setup(family: str, method: str, *overrides: str, **method_overrides):
     extra = [f"method.{k}={v}" for k, v in method_overrides.items()]
-    cfg = tiny_config(family, method, *extra)
+    cfg = tiny_config(family, method, *overrides, *extra)
     bb = backbones.load(cfg.model, [tasks.get("sst2")])
     m = methods.build(cfg.method, bb.dims(), [["negative", "positive"]])
     bb.eval(), m.eval()
@@ -55,23 +56,76 @@ def test_t5_encoder_prefix_mask_covers_prefix_and_padding():
     assert torch.allclose(full[0, :6], alone[0], atol=1e-5)
 
 
-def test_t5_prefix_attention_matches_explicit_keys_values():
-    """The hook puts the prefix keys/values in front of the input's: check layer 0 by hand."""
-    bb, m = setup("t5", "p_tuning_v2", prefix_dropout=0.0)
-    ids = torch.randint(10, 3000, (1, 5))
-    prompt = m(torch.zeros(1, dtype=torch.long))
-    attn = bb.model.encoder.block[0].layer[0].SelfAttention
+def capture(module):
+    """Record a module's hidden-state input and output on its next call."""
     seen = {}
 
     def grab(mod, args, kwargs, out):
-        seen["kv"] = kwargs["past_key_values"]
+        seen["hidden"] = args[0] if args else kwargs["hidden_states"]
+        seen["out"] = out[0]
 
-    h = attn.register_forward_hook(grab, with_kwargs=True)
-    bb.encode(t5_batch(ids, torch.ones_like(ids)), prompt)
-    h.remove()
-    keys = seen["kv"].layers[0].keys
-    assert keys.shape[2] == 5 + prompt.prefix_length
-    assert torch.equal(keys[:, :, : prompt.prefix_length], prompt.keys_values[0][0])
+    return seen, module.register_forward_hook(grab, with_kwargs=True)
+
+
+def t5_reference(attn, hidden, pk, pv, causal: bool):
+    """T5 self-attention over [prefix; input] written out: keys/values prepended, the queries at
+    positions P.. for the relative position bias, the prefix always attended."""
+    b, n, _ = hidden.shape
+    heads, d, p = attn.n_heads, attn.key_value_proj_dim, pk.shape[2]
+
+    def split(x):
+        return x.view(b, n, heads, d).transpose(1, 2)
+
+    q, k, v = split(attn.q(hidden)), split(attn.k(hidden)), split(attn.v(hidden))
+    k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
+    scores = q @ k.transpose(2, 3) + attn.compute_bias(n, p + n, past_seen_tokens=p)
+    if causal:
+        allowed = torch.ones(n, p + n, dtype=torch.bool).tril(p)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, heads * d)
+    return attn.o(out)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_t5_prefix_attention_matches_explicit_keys_values(attn):
+    """Layer 0 of the encoder and of the decoder equal attention over [prefix keys; input keys] by hand."""
+    bb, m = setup("t5", "p_tuning_v2", f"model.attn_implementation={attn}", prefix_dropout=0.0)
+    ids = torch.randint(10, 3000, (2, 5))
+    prompt = m(torch.zeros(2, dtype=torch.long))
+    batch = t5_batch(ids, torch.ones_like(ids))
+    for stack, kv, causal in (("encoder", prompt.keys_values, False), ("decoder", prompt.decoder_keys_values, True)):
+        attn = bb.self_attention[stack][0]
+        seen, hook = capture(attn)
+        bb(batch, prompt, score=False)
+        hook.remove()
+        ref = t5_reference(attn, seen["hidden"], *kv[0], causal)
+        assert (seen["out"] - ref).abs().max() < 1e-5, stack
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_bert_prefix_attention_matches_explicit_keys_values(attn):
+    bb, m = setup("bert", "p_tuning_v2", f"model.attn_implementation={attn}", prefix_dropout=0.0)
+    ids, mask = padded_inputs()
+    prompt = m(torch.zeros(3, dtype=torch.long))
+    attn = bb.self_attention[0]
+    seen, hook = capture(attn)
+    bb({"task": "sst2", "input_ids": ids, "attention_mask": mask}, prompt)
+    hook.remove()
+    h = seen["hidden"]
+    b, n, _ = h.shape
+    heads, d = attn.num_attention_heads, attn.attention_head_size
+
+    def split(x):
+        return x.view(b, n, heads, d).transpose(1, 2)
+
+    pk, pv = prompt.keys_values[0]
+    k = torch.cat([pk, split(attn.key(h))], 2)
+    v = torch.cat([pv, split(attn.value(h))], 2)
+    scores = split(attn.query(h)) @ k.transpose(2, 3) * d**-0.5
+    allowed = torch.cat([torch.ones(b, pk.shape[2], dtype=torch.bool), mask.bool()], 1)
+    scores = scores.masked_fill(~allowed[:, None, None, :], float("-inf"))
+    ref = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, heads * d)
+    assert (seen["out"] - ref).abs().max() < 1e-5
 
 
 def test_bert_mask_covers_soft_tokens_and_prefix(family="bert"):
