@@ -74,3 +74,20 @@ def test_every_task_trains_and_scores_on_both_families(name, family, tmp_path):
     assert set(task.metric_names) <= set(metrics) and task.main_metric in metrics
     assert all(isinstance(v, float) for v in metrics.values())
     assert outcome["progress"]["history"][-1][task.main_metric] == metrics[task.main_metric]
+
+
+@pytest.mark.parametrize("model", ["tiny-t5", "tiny-bert"])
+def test_train_and_eval_print_no_deprecation_or_future_warnings(tmp_path, model):
+    """Deep prompts on both families, with every warning shown once (``-W default``): ptune calls no
+    deprecated API (transformers 5.24 deprecated the ``past_key_values`` keyword ptune used to pass)."""
+    run_dir = tmp_path / "run"
+    cli = [sys.executable, "-W", "default", "-m", "ptune.cli"]
+    train = subprocess.run([*cli, "train", f"model={model}", "method=p_tuning_v2", "task=rte",
+                            f"data.root={root_for(tasks.get('rte'))}", "trainer.max_steps=2", "trainer.eval_every=2",
+                            "trainer.progress=false", f"run_dir={run_dir}"],
+                           capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    score = subprocess.run([*cli, "eval", f"run={run_dir}"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert score.returncode == 0, score.stderr[-2000:]
+    for out in (train.stderr, score.stderr):
+        assert "DeprecationWarning" not in out and "FutureWarning" not in out, out[-2000:]

@@ -24,9 +24,11 @@ pytestmark = [
 def ptune(*args: str) -> subprocess.CompletedProcess:
     exe = shutil.which("ptune", path=str(Path(sys.executable).parent)) or shutil.which("ptune")
     cmd = [exe] if exe else [sys.executable, "-m", "ptune.cli"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(SHARED / "models" / "hub"))
+    # every warning shown once: a normal train / eval prints no deprecation or future warning
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(SHARED / "models" / "hub"), PYTHONWARNINGS="default")
     done = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "DeprecationWarning" not in done.stderr and "FutureWarning" not in done.stderr, done.stderr[-3000:]
     return done
 
 
