@@ -20,6 +20,7 @@ class MethodConfig:
     name: str = "prompt_tuning"
     num_virtual_tokens: int = 20
     lr: float = 0.3  # the paper's learning rate; used when optimizer.lr is null
+    per_task: bool = False  # multi-task runs: one prompt per task (methods that are not task-aware)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ptune.config import METHOD_CONFIGS, MethodConfig
 from ptune.errors import unknown
-from ptune.methods.base import BackboneDims, Prompt, PromptMethod
+from ptune.methods.base import BackboneDims, PerTask, Prompt, PromptMethod
 
 METHODS: dict[str, type[PromptMethod]] = {}
 
@@ -21,10 +21,15 @@ def register(name: str, config_cls: type[MethodConfig]) -> Callable[[type[Prompt
 
 
 def build(cfg: MethodConfig, dims: BackboneDims, label_words: list[list[str]]) -> PromptMethod:
-    """Build the method named by ``cfg.name``; ``label_words`` holds each task's verbalizers."""
+    """Build the method named by ``cfg.name``; ``label_words`` holds each task's verbalizers (task id i
+    is entry i). A method that is not task-aware shares one prompt across the tasks, or keeps one per
+    task with ``method.per_task=true``."""
     if cfg.name not in METHODS:
         raise unknown("method", cfg.name, METHODS)
-    return METHODS[cfg.name](cfg, dims, label_words)
+    cls = METHODS[cfg.name]
+    if getattr(cfg, "per_task", False) and not cls.task_aware and len(label_words) > 1:
+        return PerTask(cls, cfg, dims, label_words)
+    return cls(cfg, dims, label_words)
 
 
 # import for registration (order = listing order)

@@ -32,6 +32,41 @@ class Prompt:
         return 0 if self.keys_values is None else self.keys_values[0][0].shape[2]
 
 
+    def rows(self, index: Tensor, n: int) -> Prompt:
+        """A prompt of ``n`` rows whose rows ``index`` are this prompt's rows (the rest zero)."""
+
+        def place(t: Tensor | None) -> Tensor | None:
+            if t is None:
+                return None
+            out = t.new_zeros(n, *t.shape[1:])
+            return out.index_copy(0, index, t)
+
+        def place_kv(kv: KeysValues | None) -> KeysValues | None:
+            return None if kv is None else [(place(k), place(v)) for k, v in kv]  # type: ignore[misc]
+
+        return Prompt(place(self.embeds), place_kv(self.keys_values), place_kv(self.decoder_keys_values))
+
+
+def merge(parts: list[tuple[Tensor, Prompt]], n: int) -> Prompt:
+    """One prompt for a batch from per-group prompts: (row indices, that group's prompt) pairs."""
+    if len(parts) == 1 and len(parts[0][0]) == n:
+        return parts[0][1]
+
+    def add(a, b):
+        if a is None:
+            return b
+        if isinstance(a, list):
+            return [(ka + kb, va + vb) for (ka, va), (kb, vb) in zip(a, b, strict=True)]
+        return a + b
+
+    total = parts[0][1].rows(parts[0][0], n)
+    for index, prompt in parts[1:]:
+        placed = prompt.rows(index, n)
+        total = Prompt(add(total.embeds, placed.embeds), add(total.keys_values, placed.keys_values),
+                       add(total.decoder_keys_values, placed.decoder_keys_values))
+    return total
+
+
 @dataclass
 class BackboneDims:
     hidden_size: int
@@ -45,7 +80,13 @@ class BackboneDims:
 
 
 class PromptMethod(nn.Module):
-    """Base class: ``forward(task_ids) -> Prompt``; parameters are exactly what gets trained and saved."""
+    """Base class: ``forward(task_ids) -> Prompt``; parameters are exactly what gets trained and saved.
+
+    ``task_aware`` methods condition on the task id themselves (hypernetworks); the others share one
+    prompt across tasks unless ``method.per_task=true`` wraps them in :class:`PerTask`.
+    """
+
+    task_aware = False
 
     def __init__(self, cfg, dims: BackboneDims, label_words: list[list[str]]):
         super().__init__()
@@ -66,6 +107,25 @@ class PromptMethod(nn.Module):
             for i, (k, v) in enumerate(kv or []):
                 out[f"{name}.{i}.key"], out[f"{name}.{i}.value"] = k, v
         return out
+
+
+class PerTask(PromptMethod):
+    """``method.per_task=true`` for a method that is not task-aware: one copy of it per task.
+
+    Each copy is built with its own task's label words; a batch runs each copy once, on the rows of
+    its task, so a one-task batch (ptune's mixtures draw those) costs one copy's forward.
+    """
+
+    def __init__(self, cls: type[PromptMethod], cfg, dims: BackboneDims, label_words: list[list[str]]):
+        super().__init__(cfg, dims, label_words)
+        self.copies = nn.ModuleList([cls(cfg, dims, [words]) for words in label_words])
+
+    def forward(self, task_ids: Tensor) -> Prompt:
+        groups = []
+        for t in torch.unique(task_ids).tolist():
+            index = (task_ids == t).nonzero().squeeze(-1)
+            groups.append((index, self.copies[t](task_ids[index])))
+        return merge(groups, len(task_ids))
 
 
 def kv_from_flat(flat: Tensor, num_layers: int, num_heads: int, head_dim: int) -> KeysValues:

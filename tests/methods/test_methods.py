@@ -107,3 +107,29 @@ def test_prompt_is_computed_once_per_batch_and_shared():
     m.encoder.transform.register_forward_hook(lambda mod, i, o: calls.append(i[0].shape))
     m(torch.zeros(64, dtype=torch.long))
     assert calls == [torch.Size([3, 16])]  # the MLP ran once on P rows, not on 64 * P
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "p_tuning_v2", "prefix_tuning"])
+def test_per_task_keeps_one_prompt_per_task_and_routes_rows_by_task_id(name):
+    extra = {} if name == "prompt_tuning" else {"prefix_dropout": 0.0}
+    shared = methods.build(METHOD_CONFIGS[name](num_virtual_tokens=3, **extra), dims(2), [["a"], ["b"]])
+    per = methods.build(METHOD_CONFIGS[name](num_virtual_tokens=3, per_task=True, **extra), dims(2), [["a"], ["b"]])
+    assert count(per) == 2 * count(shared)  # one copy per task
+    ids = torch.tensor([1, 0, 1, 0, 0])
+    mixed = per(ids)
+    for t in (0, 1):
+        alone = per.copies[t](torch.zeros(int((ids == t).sum()), dtype=torch.long))
+        rows = ids == t
+        if mixed.embeds is not None:
+            assert torch.equal(mixed.embeds[rows], alone.embeds)
+        for (k, v), (ka, va) in zip(mixed.keys_values or [], alone.keys_values or [], strict=True):
+            assert torch.equal(k[rows], ka) and torch.equal(v[rows], va)
+    a, b = per(torch.tensor([0])), per(torch.tensor([1]))
+    first = (lambda p: p.embeds) if a.embeds is not None else (lambda p: p.keys_values[0][0])
+    assert not torch.equal(first(a), first(b))  # two tasks, two prompts
+    calls = []
+    hooks = [c.register_forward_hook(lambda *_: calls.append(1)) for c in per.copies]
+    per(torch.tensor([1, 1, 1, 1]))
+    for h in hooks:
+        h.remove()
+    assert len(calls) == 1  # a one-task batch runs one copy, once
