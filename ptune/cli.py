@@ -1,11 +1,13 @@
-"""ptune's command line: dispatch only; config loading lives in :mod:`ptune.config`, runs in :mod:`ptune.run`.
+"""ptune's command line: a dispatcher in front of the commands; ``train`` is a Hydra app (``@hydra.main``).
 
     ptune train method=p_tuning_v2 model=minilm task=sst2 trainer.max_steps=300
+    ptune train -m method=prompt_tuning,p_tuning_v2 task=rte,stsb seed=1,2,3    # a grid, one job each
     ptune eval run=outputs/<run>
     ptune describe method=prompt_tuning task=rte     # the resolved config, nothing loaded
 
-User mistakes (unknown names, wrong types, bad ranges, missing data or models, broken checkpoints)
-print one line and exit 2; internal errors keep their traceback.
+Config loading lives in :mod:`ptune.config`, the job Hydra runs in :mod:`ptune.sweep`. User mistakes
+(unknown names, wrong types, bad ranges, missing data or models, broken checkpoints) print one line and
+exit 2; internal errors keep their traceback.
 """
 
 from __future__ import annotations
@@ -16,16 +18,22 @@ import signal
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import hydra
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from ptune import sweep
 from ptune.config import load, to_config
 from ptune.errors import ConfigError, PtuneError
 
-USAGE = """ptune <command> [key=value ...]
+USAGE = """ptune <command> ...
 
 commands:
   train      train a method on a task:   ptune train method=p_tuning_v2 task=rte model=minilm
+             a grid, one job per value:  ptune train -m method=prompt_tuning,p_tuning_v2 task=rte,stsb seed=1,2,3
+             a preset grid:              ptune train +sweep=methods_x_glue_small
+             (a Hydra app: ptune train --help, --cfg job, --info, hydra/launcher=joblib|submitit_slurm,
+             hydra/sweeper=optuna)
   eval       re-score a saved run:        ptune eval run=outputs/<run> [data.root=...]
   describe   print the resolved config (nothing is loaded or trained)
 
@@ -34,23 +42,56 @@ overridden with a dotted key, e.g. trainer.max_steps=300 optimizer.lr=0.1 data.r
 """
 
 
-# --- commands ---------------------------------------------------------------------------------------
-def cmd_train(overrides: list[str], console: Console) -> int:
-    from ptune import run
-    from ptune.training.loop import Interrupted
+# --- train: Hydra parses the rest of the line -----------------------------------------------------
+@hydra.main(config_path="pkg://ptune.configs", config_name="config", version_base=None)
+def hydra_train(raw: DictConfig) -> float:
+    return sweep.job(raw)
 
-    cfg = load(overrides)
+
+def cmd_train(args: list[str]) -> int:
+    flags = hydra_flags(args)
+    multirun = False
+    if not (flags.help or flags.hydra_help or flags.shell_completion or flags.config_path or flags.config_dir
+            or flags.config_name):
+        multirun = sweep.check(flags.overrides, flags.multirun)
+    argv, sys.argv = sys.argv, ["ptune train", *hydra_argv(flags)]
     try:
-        results = run.train(cfg, console)
-    except Interrupted as stop:
-        console.print(f"interrupted at step {stop.step}; training state saved in {cfg.resolved_run_dir()}/state — "
-                      "rerun the same command to resume")
-        return 128 + stop.signum
-    print(json.dumps({"run_dir": results["run_dir"], "best": results["best"]}))
-    return 0
+        hydra_train()
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    finally:
+        sys.argv = argv
+    done = sweep.SweepRecord.last if multirun else None
+    return int(any(j.get("status") == "failed" for j in (done or {}).get("jobs", [])))
 
 
-def cmd_eval(overrides: list[str], console: Console) -> int:
+SWITCHES = {"help": "--help", "hydra_help": "--hydra-help", "resolve": "--resolve", "run": "--run",
+            "multirun": "--multirun", "shell_completion": "--shell-completion"}
+VALUED = {"cfg": "--cfg", "package": "--package", "info": "--info", "config_path": "--config-path",
+          "config_name": "--config-name", "config_dir": "--config-dir", "experimental_rerun": "--experimental-rerun"}
+
+
+def hydra_flags(args: list[str]) -> argparse.Namespace:
+    """Hydra's own flags, parsed by the parser @hydra.main uses; flags may come between overrides."""
+    from hydra._internal.utils import get_args_parser
+
+    flags, unknown = get_args_parser().parse_known_intermixed_args(args)
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} for ptune train; see ptune train --help")
+    return flags
+
+
+def hydra_argv(flags: argparse.Namespace) -> list[str]:
+    """The same command line with the flags first, the order Hydra's argparse needs."""
+    out = [flag for name, flag in SWITCHES.items() if getattr(flags, name, False)]
+    for name, flag in VALUED.items():
+        if getattr(flags, name, None) is not None:
+            out += [flag, str(getattr(flags, name))]
+    return out + list(flags.overrides)
+
+
+# --- plain commands -------------------------------------------------------------------------------
+def cmd_eval(overrides: list[str]) -> int:
     from ptune import run
     from ptune.training.loop import evaluate
 
@@ -69,17 +110,16 @@ def cmd_eval(overrides: list[str], console: Console) -> int:
     if results_path.is_file():
         stored = (json.loads(results_path.read_text()).get("best") or {})
     main = parts.task.main_metric
-    console.print(f"{cfg.task.name} {cfg.data.eval_split} @ step {step}: " +
-                  ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) +
-                  (f"  (stored {main} {stored[main]:.2f})" if main in stored else ""))
+    Console(stderr=True).print(f"{cfg.task.name} {cfg.data.eval_split} @ step {step}: " +
+                               ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) +
+                               (f"  (stored {main} {stored[main]:.2f})" if main in stored else ""))
     print(json.dumps({"run_dir": str(run_dir), "step": step, "metrics": metrics,
                       "stored": {k: stored[k] for k in metrics if k in stored}}))
     return 0
 
 
-def cmd_describe(overrides: list[str], console: Console) -> int:
-    cfg = load(overrides)
-    print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+def cmd_describe(overrides: list[str]) -> int:
+    print(OmegaConf.to_yaml(OmegaConf.structured(load(overrides))), end="")
     return 0
 
 
@@ -87,14 +127,17 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "describe": cmd_describe}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ptune", usage=USAGE, add_help=True)
-    parser.add_argument("command", choices=sorted(COMMANDS), help="train | eval | describe")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
-    console = Console(stderr=True)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"ptune: error: unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
     try:
-        return COMMANDS[args.command](args.overrides, console)
+        return COMMANDS[argv[0]](argv[1:])
     except PtuneError as err:
         print(f"ptune: error: {err}", file=sys.stderr)
         return 2

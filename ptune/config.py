@@ -180,7 +180,9 @@ def validate(cfg: Config) -> Config:
 
 # --- composing ------------------------------------------------------------------------------------
 GROUPS = ("method", "model", "task", "optimizer", "trainer")
-INSTALL_HINT: dict[str, str] = {}
+PLUGINS = ("joblib", "submitit_local", "submitit_slurm", "optuna")
+INSTALL_HINT = {"hydra/launcher": " (the joblib and submitit launchers come with pip install 'ptune[sweep]')",
+                "hydra/sweeper": " (the optuna sweeper comes with pip install 'ptune[sweep]')"}
 
 
 def configs_folder() -> Path:
@@ -224,7 +226,7 @@ def missing_option(err: MissingConfigException) -> ConfigError:
     missing = err.missing_cfg_file or ""
     if "/" in missing and err.options is not None:
         group, name = missing.rsplit("/", 1)
-        hint = INSTALL_HINT.get(group, "")
+        hint = INSTALL_HINT.get(group, "") if name in PLUGINS else ""
         return ConfigError(f"unknown {group} {name!r}; choose one of: {', '.join(err.options)}{hint}")
     return ConfigError(str(err).splitlines()[0])
 
@@ -235,6 +237,10 @@ def hydra_error(err: Exception) -> ConfigError:
     if bad:
         group = bad.group(1).split(".")[0]
         return ConfigError(f"unknown key {bad.group(1)!r}; `ptune describe` lists the keys of {group!r}")
+    ambiguous = re.search(r"Ambiguous value for argument '([^']+)'", text)
+    if ambiguous:
+        return ConfigError(f"{ambiguous.group(1)} sweeps several values: add -m to run one job per value "
+                           "(ptune train -m ...), or quote it to mean one string")
     return ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip()))
 
 

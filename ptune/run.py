@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 from rich.console import Console
 
@@ -135,10 +137,11 @@ def verbalizers(task: Task) -> list[str]:
 
 
 # --- one run --------------------------------------------------------------------------------------
-def train(cfg: Config, console: Console) -> dict:
+def train(cfg: Config, console: Console, sweep: dict | None = None) -> dict:
     """Train one run into its folder (continuing it if it holds saved state); returns its results.
 
-    Raises ``Interrupted`` when a signal stopped it (the state is saved first).
+    Raises ``Interrupted`` when a signal stopped it (the state is saved first). ``sweep`` (the job's
+    overrides and variant) goes into results.json so ``ptune table`` can tell sweep rows apart.
     """
     run_dir = Path(cfg.resolved_run_dir())
     check_run_folder(cfg, run_dir)
@@ -150,7 +153,7 @@ def train(cfg: Config, console: Console) -> dict:
         f"(trainable {counts['trainable_params']:,} of {counts['total_params']:,} parameters, "
         f"{parts.device}, {cfg.trainer.precision})"
     )
-    results = write_results(parts, fit(parts, console))
+    results = write_results(parts, fit(parts, console), sweep)
     best = results["best"] or {}
     console.print(
         f"done: best {results['main_metric']} {best.get(results['main_metric'], float('nan')):.2f} "
@@ -173,6 +176,17 @@ def check_run_folder(cfg: Config, run_dir: Path) -> None:
             raise ConfigError(
                 f"run folder {run_dir} holds a run with {key}={OmegaConf.select(old, key)}; choose another run_dir="
             )
+
+
+def finished_results(cfg: Config) -> dict | None:
+    """The results of this very run (same config) if its folder holds them; None: it still has to run."""
+    run_dir = Path(cfg.resolved_run_dir())
+    try:
+        same = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) == OmegaConf.to_container(
+            OmegaConf.structured(cfg))
+        return json.loads((run_dir / "results.json").read_text()) if same else None
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
 
 
 def save_config(cfg: Config, run_dir: Path) -> None:
@@ -202,7 +216,7 @@ def environment() -> dict[str, str]:
     return env
 
 
-def write_results(parts: Parts, outcome: dict) -> dict:
+def write_results(parts: Parts, outcome: dict, sweep: dict | None = None) -> dict:
     history = outcome["progress"]["history"]
     best = next((r for r in history if r["step"] == outcome["best_step"]), None)
     results = {
@@ -220,5 +234,7 @@ def write_results(parts: Parts, outcome: dict) -> dict:
         "environment": environment(),
         "config": dataclasses.asdict(parts.cfg),
     }
+    if sweep:
+        results["sweep"] = sweep
     ckpt.atomic_write_json(parts.run_dir / "results.json", results)
     return results
