@@ -236,7 +236,8 @@ def hydra_error(err: Exception) -> ConfigError:
     bad = re.search(r"Could not override '([^']+)'", text)
     if bad:
         group = bad.group(1).split(".")[0]
-        return ConfigError(f"unknown key {bad.group(1)!r}; `ptune describe` lists the keys of {group!r}")
+        lister = "ptune train --cfg hydra" if group == "hydra" else "ptune describe"
+        return ConfigError(f"unknown key {bad.group(1)!r}; `{lister}` lists the keys of {group!r}")
     ambiguous = re.search(r"Ambiguous value for argument '([^']+)'", text)
     if ambiguous:
         return ConfigError(f"{ambiguous.group(1)} sweeps several values: add -m to run one job per value "

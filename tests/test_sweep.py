@@ -5,6 +5,7 @@ One sweep is run per module fixture and shared by several assertions: every job 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -22,6 +23,10 @@ from tests.conftest import REPO, SHARED_DATA
 TINY = ["model=tiny-bert", "task=rte", f"data.root={SHARED_DATA}", "data.train_limit=16", "data.eval_limit=16",
         "trainer.max_steps=4", "trainer.eval_every=2", "trainer.batch_size=8", "trainer.progress=false",
         "trainer.num_threads=1"]
+
+
+JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if importlib.util.find_spec(
+    "hydra_plugins.hydra_joblib_launcher") else []
 
 
 def tiny(*changes: str) -> list[str]:
@@ -108,8 +113,9 @@ def test_swept_values_beyond_the_name_make_their_own_folders(tmp_path):
 
 
 def test_a_failing_job_is_recorded_and_the_others_finish(tmp_path):
+    """Run in parallel processes with joblib (when the `sweep` extra is installed), rerun with the basic launcher."""
     cmd = ["train", "-m", *TINY, "trainer.device=cpu", "trainer.precision=fp16,fp32", f"hydra.sweep.dir={tmp_path}"]
-    done = ptune(*cmd)
+    done = ptune(*cmd, *JOBLIB)
     assert done.returncode == 1  # the sweep ran to its end, but not every job succeeded
     failed, finished = jobs(tmp_path)
     assert failed["status"] == "failed" and "fp16 needs CUDA" in failed["error"] and "\n" not in failed["error"]
