@@ -4,6 +4,7 @@
     ptune train -m method=prompt_tuning,p_tuning_v2 task=rte,stsb seed=1,2,3    # a grid, one job each
     ptune eval run=outputs/<run>
     ptune describe method=prompt_tuning task=rte     # the resolved config, nothing loaded
+    ptune table multirun/<sweep>                     # mean ± std over seeds, Markdown and CSV
 
 Config loading lives in :mod:`ptune.config`, the job Hydra runs in :mod:`ptune.sweep`. User mistakes
 (unknown names, wrong types, bad ranges, missing data or models, broken checkpoints) print one line and
@@ -36,6 +37,8 @@ commands:
              hydra/sweeper=optuna)
   eval       re-score a saved run:        ptune eval run=outputs/<run> [data.root=...]
   describe   print the resolved config (nothing is loaded or trained)
+  table      sweep or run folders -> methods x tasks, mean ± std over seeds (n), paper numbers beside
+             ours; prints it, writes Markdown and CSV:   ptune table multirun/<sweep> [-o results/table]
 
 groups (choose with group=name): method, model, task, optimizer, trainer; any value can be
 overridden with a dotted key, e.g. trainer.max_steps=300 optimizer.lr=0.1 data.root=../shared/data/hub
@@ -123,7 +126,23 @@ def cmd_describe(overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "describe": cmd_describe}
+def folders_parser(command: str, what: str, out: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"ptune {command}", description=what)
+    parser.add_argument("folders", nargs="+", type=Path, help="sweep folders, run folders, or folders above them")
+    parser.add_argument("--out", "-o", type=Path, default=None, help=out)
+    return parser
+
+
+def cmd_table(args: list[str]) -> int:
+    from ptune.analysis import table
+
+    flags = folders_parser("table", "Aggregate results.json files: methods x tasks, mean ± std over seeds.",
+                           "where to write <out>.md and <out>.csv (default: <folder>/table for one folder, "
+                           "else ./table)").parse_args(args)
+    return table.main(flags.folders, flags.out, Console(width=None if sys.stdout.isatty() else 200))
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "describe": cmd_describe, "table": cmd_table}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,6 +93,14 @@ class TrainerConfig:
 
 
 @dataclass
+class PaperConfig:
+    """Published numbers ``ptune table`` prints beside ours (the reproduction presets fill these)."""
+
+    source: str | None = None  # e.g. "Lester et al. 2021, Table 1"
+    scores: dict[str, float] = field(default_factory=dict)  # task name -> the paper's main metric
+
+
+@dataclass
 class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -100,6 +108,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    paper: PaperConfig = field(default_factory=PaperConfig)
     seed: int = 42
     output_dir: str = "outputs"
     run_dir: str | None = None  # null: <output_dir>/<method>-<task>-<model>-s<seed>

@@ -91,6 +91,21 @@ def test_a_sweep_writes_one_run_folder_per_job(grid):
     assert json.loads((sweep_dir / "sweep.json").read_text())["sweep_keys"] == ["method", "seed"]
 
 
+def test_the_sweep_makes_a_table_of_mean_and_std_over_seeds(grid):
+    sweep_dir, done = grid
+    assert f"ptune table {sweep_dir}" in " ".join(done.stderr.split())  # the summary says what to run next
+    table = ptune("table", str(sweep_dir))
+    assert table.returncode == 0, table.stderr
+    md = (sweep_dir / "table.md").read_text()
+    for method in ("prompt_tuning", "p_tuning_v2"):
+        scores = [json.loads((sweep_dir / f"{method}-rte-tiny-bert-s{s}" / "results.json").read_text())["best"]["accuracy"]
+                  for s in (1, 2)]
+        row = next(line for line in md.splitlines() if line.startswith(f"| {method} |"))
+        mean, std = sum(scores) / 2, abs(scores[0] - scores[1]) / 2 ** 0.5
+        assert f"| {mean:.1f} ± {std:.1f} (n=2) |" in row, row
+    assert (sweep_dir / "table.csv").read_text().count("\n") == 3  # header + two methods
+
+
 def test_rerunning_a_sweep_skips_the_finished_jobs(grid):
     sweep_dir, _ = grid
     stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/results.json")}
