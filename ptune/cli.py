@@ -5,6 +5,7 @@
     ptune eval run=outputs/<run>
     ptune describe method=prompt_tuning task=rte     # the resolved config, nothing loaded
     ptune table multirun/<sweep>                     # mean ± std over seeds, Markdown and CSV
+    ptune plot multirun/<sweep>                      # learning curves, PNG
 
 Config loading lives in :mod:`ptune.config`, the job Hydra runs in :mod:`ptune.sweep`. User mistakes
 (unknown names, wrong types, bad ranges, missing data or models, broken checkpoints) print one line and
@@ -39,6 +40,8 @@ commands:
   describe   print the resolved config (nothing is loaded or trained)
   table      sweep or run folders -> methods x tasks, mean ± std over seeds (n), paper numbers beside
              ours; prints it, writes Markdown and CSV:   ptune table multirun/<sweep> [-o results/table]
+  plot       sweep or run folders -> learning curves (validation metric, training loss; a band for
+             the seed spread) as a PNG:                  ptune plot multirun/<sweep> [-o curves.png]
 
 groups (choose with group=name): method, model, task, optimizer, trainer; any value can be
 overridden with a dotted key, e.g. trainer.max_steps=300 optimizer.lr=0.1 data.root=../shared/data/hub
@@ -142,7 +145,16 @@ def cmd_table(args: list[str]) -> int:
     return table.main(flags.folders, flags.out, Console(width=None if sys.stdout.isatty() else 200))
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "describe": cmd_describe, "table": cmd_table}
+def cmd_plot(args: list[str]) -> int:
+    from ptune.analysis import plot
+
+    flags = folders_parser("plot", "Learning curves from metrics.jsonl: one panel per task, one line per method.",
+                           "the PNG to write (default: <folder>/curves.png for one folder, else "
+                           "./curves.png)").parse_args(args)
+    return plot.main(flags.folders, flags.out, Console())
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ One sweep is run per module fixture and shared by several assertions: every job 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -104,6 +105,16 @@ def test_the_sweep_makes_a_table_of_mean_and_std_over_seeds(grid):
         mean, std = sum(scores) / 2, abs(scores[0] - scores[1]) / 2 ** 0.5
         assert f"| {mean:.1f} ± {std:.1f} (n=2) |" in row, row
     assert (sweep_dir / "table.csv").read_text().count("\n") == 3  # header + two methods
+
+
+def test_the_sweep_plots_its_learning_curves(grid):
+    pytest.importorskip("matplotlib")
+    from rich.console import Console
+
+    from ptune.analysis import plot
+
+    assert plot.main([grid[0]], None, Console(file=io.StringIO())) == 0
+    assert (grid[0] / "curves.png").stat().st_size > 10_000
 
 
 def test_rerunning_a_sweep_skips_the_finished_jobs(grid):
