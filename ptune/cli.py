@@ -56,6 +56,8 @@ def hydra_train(raw: DictConfig) -> float:
 
 def cmd_train(args: list[str]) -> int:
     flags = hydra_flags(args)
+    if flags.multirun and (flags.cfg or flags.info):
+        raise ConfigError("--cfg and --info show one job's config: drop -m (a preset's grid is kept)")
     multirun = False
     if not (flags.help or flags.hydra_help or flags.shell_completion or flags.config_path or flags.config_dir
             or flags.config_name):

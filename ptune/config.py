@@ -258,7 +258,7 @@ def to_config(raw: DictConfig) -> Config:
     """DictConfig -> typed Config; a wrong type fails naming the key, the value and the expected type."""
     import ptune.methods  # noqa: F401  (each method module registers its config)
 
-    raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]) if "hydra" in raw else raw
+    raw = OmegaConf.masked_copy(raw, [str(k) for k in raw if k != "hydra"]) if "hydra" in raw else raw
     name = raw.get("method", {}).get("name", "prompt_tuning")
     if name not in METHOD_CONFIGS:
         raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHOD_CONFIGS))}")

@@ -64,7 +64,7 @@ def single_run(raw: DictConfig) -> float:
     return best_metric(results)
 
 
-def sweep_job(raw: DictConfig, hydra: DictConfig) -> float:
+def sweep_job(raw: DictConfig, hydra: Any) -> float:
     """One job of a sweep: never raises for a failed run (recorded instead), so the others go on."""
     from ptune import run
     from ptune.training.loop import Interrupted
@@ -72,7 +72,7 @@ def sweep_job(raw: DictConfig, hydra: DictConfig) -> float:
     sweep_dir, overrides = Path(hydra.sweep.dir), list(hydra.overrides.task)
     record = Record(sweep_dir, overrides, num=hydra.job.num)
     keys = record.sweep_keys()
-    record.fields["swept"] = " ".join(o.input_line for o in parse(overrides) if o.key_or_group in keys)
+    record.fields["swept"] = " ".join(str(o.input_line) for o in parse(overrides) if o.key_or_group in keys)
     try:
         cfg = to_config(raw)
         cfg.run_dir = cfg.run_dir or str(sweep_dir / run_folder_name(cfg, overrides, keys))
@@ -149,7 +149,7 @@ def check(overrides: list[str], multirun: bool) -> bool:
     """
     check_key_value(overrides)
     parsed = parse(overrides)
-    base = [v for v in (single(o, 0) for o in parsed) if v is not None]  # the first job
+    base = [v for v in map(first_value, parsed) if v is not None]  # the first job
     first = compose_config(base, hydra=True)
     to_config(first)
     multirun = multirun or first.hydra.mode == RunMode.MULTIRUN
@@ -176,12 +176,12 @@ def values(o: Override) -> list[str]:
         return []
 
 
-def single(o: Override, i: int) -> str | None:
-    """The i-th value of an override as a plain override (None: no value to check)."""
+def first_value(o: Override) -> str | None:
+    """An override with its first value, as the first job gets it (None: only the sweeper can draw one)."""
     if not o.is_sweep_override():
         return o.input_line
     vals = values(o)
-    return f"{o.get_key_element()}={vals[i]}" if len(vals) > i else None
+    return f"{o.get_key_element()}={vals[0]}" if vals else None
 
 
 # --- sweep.json -----------------------------------------------------------------------------------
@@ -212,7 +212,8 @@ class Record:
     """One job's entry in sweep.json, found again on a rerun by its overrides."""
 
     def __init__(self, sweep_dir: Path, overrides: list[str], num: int):
-        self.sweep_dir, self.fields = sweep_dir, {"overrides": overrides, "num": num}
+        self.sweep_dir = sweep_dir
+        self.fields: dict[str, Any] = {"overrides": overrides, "num": num}
 
     def sweep_keys(self) -> list[str]:
         data = read_record(self.sweep_dir) or {}
