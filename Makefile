@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE  ?= 1
 export HF_HUB_CACHE    ?= $(abspath $(SHARED))/models/hub
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: help install train test test-unit lint typecheck bench bench-quick clean
+.PHONY: help install train sweep-quick test test-unit lint typecheck bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,6 +19,13 @@ install:  ## create .venv with the CPU torch wheel, ptune (editable) and its dev
 train:  ## a real offline run: prompt tuning, MiniLM, SST-2, 300 steps (4-8 min on 2 cores)
 	.venv/bin/ptune train method=prompt_tuning model=minilm task=sst2 data.root=$(SHARED)/data/hub \
 		trainer.max_steps=300 optimizer.lr=0.03 run_dir=outputs/quickstart-pt-sst2-minilm
+
+sweep-quick:  ## a 2x2 grid (methods x seeds) on a tiny random model, then its table and plot (under a minute)
+	.venv/bin/ptune train -m model=tiny-bert method=prompt_tuning,p_tuning_v2 task=rte seed=1,2 \
+		data.root=$(SHARED)/data/hub data.train_limit=64 data.eval_limit=64 trainer.max_steps=20 \
+		trainer.eval_every=5 trainer.progress=false hydra.sweep.dir=multirun/quick
+	.venv/bin/ptune table multirun/quick
+	.venv/bin/ptune plot multirun/quick
 
 test:  ## every test: unit (tiny random-init models) and integration (real CLI, data and model)
 	$(PY) -m pytest -q

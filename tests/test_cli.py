@@ -20,7 +20,7 @@ from tests.tasks.conftest import root_for
 def test_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "ptune.cli", "--help"], capture_output=True, text=True,
                          cwd=REPO, check=True).stdout
-    for command in ("train", "eval", "describe"):
+    for command in ("train", "eval", "describe", "table", "plot", "-m method=prompt_tuning,p_tuning_v2"):
         assert command in out
     assert "method, model, task, optimizer, trainer" in out
 

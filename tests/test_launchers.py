@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -33,6 +34,23 @@ def test_the_presets_set_multirun_and_a_grid():
     assert sweep.check(["+sweep=methods_x_glue_small"], multirun=False)  # every value of the grid composes
     with pytest.raises(ConfigError, match=r"unknown sweep 'nope'; choose one of: methods_x_glue_small, optuna_lr"):
         compose_config(["+sweep=nope"])
+
+
+def readme_command(marker: str) -> list[str]:
+    text = (REPO / "README.md").read_text()
+    block = next(b for b in text.split("```") if marker in b)
+    line = next(cmd for cmd in block.replace("\\\n", " ").splitlines() if marker in cmd)
+    return shlex.split(line)
+
+
+def test_the_readme_slurm_example_composes_every_job():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    args = readme_command("hydra/launcher=submitit_slurm")
+    assert args[:3] == ["ptune", "train", "-m"]
+    assert sweep.check(args[3:], multirun=True)  # every key exists and every value of the grid composes
+    fixed = [o.input_line for o in sweep.parse(args[3:]) if not o.is_sweep_override()]
+    launcher = compose_config(fixed, hydra=True).hydra.launcher
+    assert launcher.partition == "gpu" and launcher.max_num_timeout == 3 and len(launcher.setup) == 2
 
 
 def test_optuna_searches_the_learning_rate_on_the_returned_metric(tmp_path):
