@@ -13,7 +13,7 @@ export HF_HUB_CACHE  ?= $(abspath $(SHARED))/models/hub
 endif
 DATA_ROOT := $(if $(wildcard $(SHARED)/data/hub),data.root=$(SHARED)/data/hub)
 
-.PHONY: help install train test test-latest test-unit lock where lint typecheck bench bench-quick clean
+.PHONY: help install train sweep-quick test test-latest test-unit lock where lint typecheck bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,14 @@ test-latest:  ## every test in .venv-latest, on the newest versions pyproject.to
 	.venv-latest/bin/python -m pip install -q $(TORCH)
 	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
 	.venv-latest/bin/python -m pytest -q -rs
+
+sweep-quick:  ## a 2x2 grid (methods x seeds) on a tiny random model, then its table and plot (under a minute)
+	.venv/bin/ptune train -m model=tiny-bert method=prompt_tuning,p_tuning_v2 task=rte seed=1,2 \
+		data.root=$(SHARED)/data/hub data.train_limit=64 data.eval_limit=64 trainer.max_steps=20 \
+		trainer.eval_every=5 trainer.progress=false hydra.sweep.dir=multirun/quick
+	.venv/bin/ptune table multirun/quick
+	.venv/bin/ptune plot multirun/quick
+
 
 test-unit:  ## unit tests only (seconds)
 	$(PY) -m pytest -q -m "not integration"

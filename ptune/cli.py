@@ -1,160 +1,105 @@
-"""ptune's command line: Hydra composes ``configs/`` (shipped as ``ptune.configs``) into typed dataclasses.
+"""ptune's command line: a dispatcher in front of the commands; ``train`` is a Hydra app (``@hydra.main``).
 
     ptune train method=p_tuning_v2 model=minilm task=sst2 trainer.max_steps=300
+    ptune train -m method=prompt_tuning,p_tuning_v2 task=rte,stsb seed=1,2,3    # a grid, one job each
     ptune eval run=outputs/<run>
     ptune describe method=prompt_tuning task=rte     # the resolved config, nothing loaded
+    ptune table multirun/<sweep>                     # mean ± std over seeds, Markdown and CSV
+    ptune plot multirun/<sweep>                      # learning curves, PNG
 
-User mistakes (unknown names, wrong types, bad ranges, missing data or models, broken checkpoints)
-print one line and exit 2; internal errors keep their traceback.
+Config loading lives in :mod:`ptune.config`, the job Hydra runs in :mod:`ptune.sweep`. User mistakes
+(unknown names, wrong types, bad ranges, missing data or models, broken checkpoints) print one line and
+exit 2; internal errors keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_module
-from hydra.errors import HydraException, MissingConfigException
+import hydra
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
-import ptune.methods  # noqa: F401  (registers the method configs)
-from ptune.config import METHOD_CONFIGS, Config, validate
+from ptune import sweep
+from ptune.config import load, to_config
 from ptune.errors import ConfigError, PtuneError
 
-GROUPS = ("method", "model", "task", "optimizer", "trainer")
-USAGE = """ptune <command> [key=value ...]
+USAGE = """ptune <command> ...
 
 commands:
   train      train a method on a task:   ptune train method=p_tuning_v2 task=rte model=minilm
+             a grid, one job per value:  ptune train -m method=prompt_tuning,p_tuning_v2 task=rte,stsb seed=1,2,3
+             a preset grid:              ptune train +sweep=methods_x_glue_small
+             (a Hydra app: ptune train --help, --cfg job, --info, hydra/launcher=joblib|submitit_slurm,
+             hydra/sweeper=optuna)
   eval       re-score a saved run:        ptune eval run=outputs/<run> [data.root=...]
   describe   print the resolved config (nothing is loaded or trained)
+  table      sweep or run folders -> methods x tasks, mean ± std over seeds (n), paper numbers beside
+             ours; prints it, writes Markdown and CSV:   ptune table multirun/<sweep> [-o results/table]
+  plot       sweep or run folders -> learning curves (validation metric, training loss; a band for
+             the seed spread) as a PNG:                  ptune plot multirun/<sweep> [-o curves.png]
 
 groups (choose with group=name): method, model, task, optimizer, trainer; any value can be
 overridden with a dotted key, e.g. trainer.max_steps=300 optimizer.lr=0.1 data.root=../shared/data/hub
 """
 
 
-def group_choices(group: str) -> list[str]:
-    folder = Path(__file__).resolve().parent.parent / "configs" / group
-    if not folder.is_dir():  # installed wheel: configs ship as the package ptune.configs
-        import ptune.configs
-
-        folder = Path(ptune.configs.__file__).parent / group
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+# --- train: Hydra parses the rest of the line -----------------------------------------------------
+@hydra.main(config_path="pkg://ptune.configs", config_name="config", version_base=None)
+def hydra_train(raw: DictConfig) -> float:
+    return sweep.job(raw)
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """Compose with Hydra, turning its multi-line errors into one line naming key, value and choices."""
-    for o in overrides:
-        m = re.match(r"^([a-z_]+)=(.*)$", o)
-        if m and m.group(1) in GROUPS and m.group(2) not in group_choices(m.group(1)):
-            raise ConfigError(
-                f"unknown {m.group(1)} {m.group(2)!r}; choose one of: {', '.join(group_choices(m.group(1)))}"
-            )
-        if "=" not in o:
-            raise ConfigError(f"argument {o!r} is not key=value (e.g. task=rte, trainer.max_steps=300)")
+def cmd_train(args: list[str]) -> int:
+    flags = hydra_flags(args)
+    if flags.multirun and (flags.cfg or flags.info):
+        raise ConfigError("--cfg and --info show one job's config: drop -m (a preset's grid is kept)")
+    multirun = False
+    if not (flags.help or flags.hydra_help or flags.shell_completion or flags.config_path or flags.config_dir
+            or flags.config_name):
+        multirun = sweep.check(flags.overrides, flags.multirun)
+    argv, sys.argv = sys.argv, ["ptune train", *hydra_argv(flags)]
     try:
-        with initialize_config_module(config_module="ptune.configs", version_base=None):
-            return compose(config_name="config", overrides=overrides)
-    except MissingConfigException as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
-    except (HydraException, OmegaConfBaseException) as err:
-        bad = re.search(r"Could not override '([^']+)'", str(err))
-        if bad:
-            group = bad.group(1).split(".")[0]
-            raise ConfigError(
-                f"unknown key {bad.group(1)!r}; `ptune describe` lists the keys of {group!r}"
-            ) from None
-        msg = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        raise ConfigError(msg) from None
+        hydra_train()
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    finally:
+        sys.argv = argv
+    done = sweep.SweepRecord.last if multirun else None
+    return int(any(j.get("status") == "failed" for j in (done or {}).get("jobs", [])))
 
 
-def to_config(raw: DictConfig) -> Config:
-    """DictConfig -> typed Config; a wrong type fails naming the key, the value and the expected type."""
-    name = raw.get("method", {}).get("name", "prompt_tuning")
-    if name not in METHOD_CONFIGS:
-        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHOD_CONFIGS))}")
-    schema = OmegaConf.structured(Config)
-    schema.method = OmegaConf.structured(METHOD_CONFIGS[name])
-    try:
-        merged = OmegaConf.merge(schema, raw)
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        value = _lookup(raw, key)
-        first = str(err).splitlines()[0]
-        if "not in struct" in first or "Key '" in first:
-            raise ConfigError(f"unknown key {key!r} ({first})") from None
-        raise ConfigError(f"{key}={value!r} has the wrong type: {first}") from None
-    assert isinstance(cfg, Config)
-    return validate(cfg)
+SWITCHES = {"help": "--help", "hydra_help": "--hydra-help", "resolve": "--resolve", "run": "--run",
+            "multirun": "--multirun", "shell_completion": "--shell-completion"}
+VALUED = {"cfg": "--cfg", "package": "--package", "info": "--info", "config_path": "--config-path",
+          "config_name": "--config-name", "config_dir": "--config-dir", "experimental_rerun": "--experimental-rerun"}
 
 
-def _lookup(raw: DictConfig, key: str):
-    try:
-        return OmegaConf.select(raw, key)
-    except OmegaConfBaseException:
-        return None
+def hydra_flags(args: list[str]) -> argparse.Namespace:
+    """Hydra's own flags, parsed by the parser @hydra.main uses; flags may come between overrides."""
+    from hydra._internal.utils import get_args_parser
+
+    flags, unknown = get_args_parser().parse_known_intermixed_args(args)
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} for ptune train; see ptune train --help")
+    return flags
 
 
-def load(overrides: list[str]) -> Config:
-    return to_config(compose_config(overrides))
+def hydra_argv(flags: argparse.Namespace) -> list[str]:
+    """The same command line with the flags first, the order Hydra's argparse needs."""
+    out = [flag for name, flag in SWITCHES.items() if getattr(flags, name, False)]
+    for name, flag in VALUED.items():
+        if getattr(flags, name, None) is not None:
+            out += [flag, str(getattr(flags, name))]
+    return out + list(flags.overrides)
 
 
-# --- commands ---------------------------------------------------------------------------------------
-def cmd_train(overrides: list[str], console: Console) -> int:
-    from ptune import run
-    from ptune.training.loop import Interrupted, fit
-
-    cfg = load(overrides)
-    run_dir = Path(cfg.resolved_run_dir())
-    check_run_folder(cfg, run_dir)
-    parts = run.build(cfg)
-    run.save_config(cfg, run_dir)
-    counts = parts.parameter_counts()
-    console.print(
-        f"[bold]ptune[/] {cfg.method.name} on {cfg.task.name} with {cfg.model.name} -> {run_dir}  "
-        f"(trainable {counts['trainable_params']:,} of {counts['total_params']:,} parameters, "
-        f"{parts.device}, {cfg.trainer.precision})"
-    )
-    try:
-        outcome = fit(parts, console)
-    except Interrupted as stop:
-        console.print(f"interrupted at step {stop.step}; training state saved in {run_dir}/state — "
-                      "rerun the same command to resume")
-        return 128 + stop.signum
-    results = run.write_results(parts, outcome)
-    best = results["best"] or {}
-    console.print(
-        f"done: best {results['main_metric']} {best.get(results['main_metric'], float('nan')):.2f} "
-        f"at step {best.get('step')}, {results['steps']} steps, {results['wall_time_s']:.1f}s -> {run_dir}"
-    )
-    print(json.dumps({"run_dir": str(run_dir), "best": best}))
-    return 0
-
-
-def check_run_folder(cfg: Config, run_dir: Path) -> None:
-    """Never overwrite another run's results: a folder holding a different run is refused."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return
-    if not cfg.resume:
-        raise ConfigError(f"run folder {run_dir} already exists; use resume=true to continue it or another run_dir=")
-    old, new = OmegaConf.load(saved), OmegaConf.structured(cfg)
-    for key in ("method.name", "model.name", "task.name", "seed"):
-        if str(OmegaConf.select(old, key)) != str(OmegaConf.select(new, key)):
-            raise ConfigError(
-                f"run folder {run_dir} holds a run with {key}={OmegaConf.select(old, key)}; choose another run_dir="
-            )
-
-
-def cmd_eval(overrides: list[str], console: Console) -> int:
+# --- plain commands -------------------------------------------------------------------------------
+def cmd_eval(overrides: list[str]) -> int:
     from ptune import run
     from ptune.training.loop import evaluate
 
@@ -173,32 +118,59 @@ def cmd_eval(overrides: list[str], console: Console) -> int:
     if results_path.is_file():
         stored = (json.loads(results_path.read_text()).get("best") or {})
     main = parts.task.main_metric
-    console.print(f"{cfg.task.name} {cfg.data.eval_split} @ step {step}: " +
-                  ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) +
-                  (f"  (stored {main} {stored[main]:.2f})" if main in stored else ""))
+    Console(stderr=True).print(f"{cfg.task.name} {cfg.data.eval_split} @ step {step}: " +
+                               ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) +
+                               (f"  (stored {main} {stored[main]:.2f})" if main in stored else ""))
     print(json.dumps({"run_dir": str(run_dir), "step": step, "metrics": metrics,
                       "stored": {k: stored[k] for k in metrics if k in stored}}))
     return 0
 
 
-def cmd_describe(overrides: list[str], console: Console) -> int:
-    cfg = load(overrides)
-    print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+def cmd_describe(overrides: list[str]) -> int:
+    print(OmegaConf.to_yaml(OmegaConf.structured(load(overrides))), end="")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "describe": cmd_describe}
+def folders_parser(command: str, what: str, out: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"ptune {command}", description=what)
+    parser.add_argument("folders", nargs="+", type=Path, help="sweep folders, run folders, or folders above them")
+    parser.add_argument("--out", "-o", type=Path, default=None, help=out)
+    return parser
+
+
+def cmd_table(args: list[str]) -> int:
+    from ptune.analysis import table
+
+    flags = folders_parser("table", "Aggregate results.json files: methods x tasks, mean ± std over seeds.",
+                           "where to write <out>.md and <out>.csv (default: <folder>/table for one folder, "
+                           "else ./table)").parse_args(args)
+    return table.main(flags.folders, flags.out, Console(width=None if sys.stdout.isatty() else 200))
+
+
+def cmd_plot(args: list[str]) -> int:
+    from ptune.analysis import plot
+
+    flags = folders_parser("plot", "Learning curves from metrics.jsonl: one panel per task, one line per method.",
+                           "the PNG to write (default: <folder>/curves.png for one folder, else "
+                           "./curves.png)").parse_args(args)
+    return plot.main(flags.folders, flags.out, Console())
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ptune", usage=USAGE, add_help=True)
-    parser.add_argument("command", choices=sorted(COMMANDS), help="train | eval | describe")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
-    console = Console(stderr=True)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"ptune: error: unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
     try:
-        return COMMANDS[args.command](args.overrides, console)
+        return COMMANDS[argv[0]](argv[1:])
     except PtuneError as err:
         print(f"ptune: error: {err}", file=sys.stderr)
         return 2

@@ -1,16 +1,25 @@
-"""Typed configuration: one dataclass per Hydra config group, checked once at the CLI edge.
+"""Typed configuration: one dataclass per Hydra config group, composed and checked once at the edge.
 
-Hydra composes ``configs/`` into a DictConfig; :func:`ptune.cli` turns each group into the dataclass
-below with ``OmegaConf.structured`` + ``merge`` (wrong types fail there, naming the key), then
-:func:`validate` checks ranges. Method configs are looked up by name in ``METHOD_CONFIGS`` (each method
-module registers its own), so adding a method never edits this file.
+Hydra composes ``configs/`` (shipped as ``ptune.configs``) into a DictConfig, through ``@hydra.main`` for
+``ptune train`` and through :func:`compose_config` for everything else; :func:`to_config` turns it into
+the dataclasses below with ``OmegaConf.structured`` + ``merge`` (wrong types fail there, naming the key),
+then :func:`validate` checks ranges. Method configs are looked up by name in ``METHOD_CONFIGS`` (each
+method module registers its own), so adding a method never edits this file. Every mistake is a
+one-line :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ptune.errors import ConfigError
 
@@ -85,6 +94,14 @@ class TrainerConfig:
 
 
 @dataclass
+class PaperConfig:
+    """Published numbers ``ptune table`` prints beside ours (the reproduction presets fill these)."""
+
+    source: str | None = None  # e.g. "Lester et al. 2021, Table 1"
+    scores: dict[str, float] = field(default_factory=dict)  # task name -> the paper's main metric
+
+
+@dataclass
 class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -92,6 +109,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    paper: PaperConfig = field(default_factory=PaperConfig)
     seed: int = 42
     output_dir: str = "outputs"
     run_dir: str | None = None  # null: <output_dir>/<method>-<task>-<model>-s<seed>
@@ -101,11 +119,11 @@ class Config:
     def lr(self) -> float:
         return self.optimizer.lr if self.optimizer.lr is not None else self.method.lr
 
+    def run_name(self) -> str:
+        return f"{self.method.name}-{self.task.name}-{self.model.name}-s{self.seed}"
+
     def resolved_run_dir(self) -> str:
-        if self.run_dir:
-            return self.run_dir
-        name = f"{self.method.name}-{self.task.name}-{self.model.name}-s{self.seed}"
-        return os.path.join(self.output_dir, name)
+        return self.run_dir or os.path.join(self.output_dir, self.run_name())
 
 
 # name -> dataclass of that method's config; filled by each module in ptune.methods
@@ -168,3 +186,106 @@ def validate(cfg: Config) -> Config:
     if check is not None:
         check()
     return cfg
+
+
+# --- composing ------------------------------------------------------------------------------------
+GROUPS = ("method", "model", "task", "optimizer", "trainer")
+PLUGINS = ("joblib", "submitit_local", "submitit_slurm", "optuna")
+INSTALL_HINT = {"hydra/launcher": " (the joblib and submitit launchers come with pip install 'ptune[sweep]')",
+                "hydra/sweeper": " (the optuna sweeper comes with pip install 'ptune[sweep]')"}
+
+
+def configs_folder() -> Path:
+    folder = Path(__file__).resolve().parent.parent / "configs"
+    if not (folder / "config.yaml").is_file():  # installed wheel: configs ship as the package ptune.configs
+        import ptune.configs
+
+        folder = Path(ptune.configs.__file__).parent
+    return folder
+
+
+def group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (configs_folder() / group).glob("*.yaml"))
+
+
+def compose_config(overrides: list[str], *, hydra: bool = False) -> DictConfig:
+    """Compose with Hydra (``hydra=True`` keeps the ``hydra`` node), every error as one line."""
+    check_key_value(overrides)
+    try:
+        with initialize_config_module(config_module="ptune.configs", version_base=None):
+            return compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
+    except MissingConfigException as err:
+        raise missing_option(err) from None
+    except (HydraException, OmegaConfBaseException) as err:
+        raise hydra_error(err) from None
+
+
+def check_key_value(overrides: list[str]) -> None:
+    for o in overrides:
+        if "=" not in o and not o.startswith("~"):
+            raise ConfigError(f"argument {o!r} is not key=value (e.g. task=rte, trainer.max_steps=300)")
+        group = re.match(rf"^\+*({'|'.join(GROUPS)})=\[", o)
+        if group:  # Hydra would quietly keep the last option of the list
+            values = o.split("=", 1)[1].strip("[]")
+            raise ConfigError(f"{o}: one {group.group(1)} per run (several tasks in one run is not supported "
+                              f"yet); for one job per value use ptune train -m {group.group(1)}={values}")
+
+
+def missing_option(err: MissingConfigException) -> ConfigError:
+    """Hydra's "Could not find 'task/nope'" and its list of options -> ``unknown task 'nope'; choose ...``."""
+    missing = err.missing_cfg_file or ""
+    if "/" in missing and err.options is not None:
+        group, name = missing.rsplit("/", 1)
+        hint = INSTALL_HINT.get(group, "") if name in PLUGINS else ""
+        return ConfigError(f"unknown {group} {name!r}; choose one of: {', '.join(err.options)}{hint}")
+    return ConfigError(str(err).splitlines()[0])
+
+
+def hydra_error(err: Exception) -> ConfigError:
+    text = str(err)
+    bad = re.search(r"Could not override '([^']+)'", text)
+    if bad:
+        group = bad.group(1).split(".")[0]
+        lister = "ptune train --cfg hydra" if group == "hydra" else "ptune describe"
+        return ConfigError(f"unknown key {bad.group(1)!r}; `{lister}` lists the keys of {group!r}")
+    ambiguous = re.search(r"Ambiguous value for argument '([^']+)'", text)
+    if ambiguous:
+        return ConfigError(f"{ambiguous.group(1)} sweeps several values: add -m to run one job per value "
+                           "(ptune train -m ...), or quote it to mean one string")
+    return ConfigError(" ".join(line.strip() for line in text.splitlines() if line.strip()))
+
+
+def to_config(raw: DictConfig) -> Config:
+    """DictConfig -> typed Config; a wrong type fails naming the key, the value and the expected type."""
+    import ptune.methods  # noqa: F401  (each method module registers its config)
+
+    raw = OmegaConf.masked_copy(raw, [str(k) for k in raw if k != "hydra"]) if "hydra" in raw else raw
+    name = raw.get("method", {}).get("name", "prompt_tuning")
+    if name not in METHOD_CONFIGS:
+        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHOD_CONFIGS))}")
+    schema = OmegaConf.structured(Config)
+    schema.method = OmegaConf.structured(METHOD_CONFIGS[name])
+    try:
+        merged = OmegaConf.merge(schema, raw)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        value = _lookup(raw, key)
+        first = str(err).splitlines()[0]
+        if "not in struct" in first or "Key '" in first:
+            raise ConfigError(f"unknown key {key!r} ({first})") from None
+        raise ConfigError(f"{key}={value!r} has the wrong type: {first}") from None
+    assert isinstance(cfg, Config)
+    return validate(cfg)
+
+
+def _lookup(raw: DictConfig, key: str):
+    try:
+        return OmegaConf.select(raw, key)
+    except OmegaConfBaseException:
+        return None
+
+
+def load(overrides: list[str]) -> Config:
+    """``key=value`` overrides -> a validated Config (what ``ptune describe`` prints)."""
+    return to_config(compose_config(overrides))

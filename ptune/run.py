@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import subprocess
 import sys
@@ -13,17 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import OmegaConf
+from rich.console import Console
 
 from ptune import backbones, methods, tasks
 from ptune.backbones.base import Backbone
-from ptune.config import Config
+from ptune.config import Config, to_config
 from ptune.errors import CheckpointError, ConfigError
 from ptune.methods.base import PromptMethod
 from ptune.tasks.base import Task
 from ptune.tasks.collate import Split, featurize
 from ptune.tasks.data import check_labels
 from ptune.training import checkpoint as ckpt
+from ptune.training.loop import fit
 
 
 @dataclass
@@ -132,14 +136,64 @@ def verbalizers(task: Task) -> list[str]:
     return [name.replace("_", " ") for name in task.label_names]
 
 
+# --- one run --------------------------------------------------------------------------------------
+def train(cfg: Config, console: Console, sweep: dict | None = None) -> dict:
+    """Train one run into its folder (continuing it if it holds saved state); returns its results.
+
+    Raises ``Interrupted`` when a signal stopped it (the state is saved first). ``sweep`` (the job's
+    overrides and variant) goes into results.json so ``ptune table`` can tell sweep rows apart.
+    """
+    run_dir = Path(cfg.resolved_run_dir())
+    check_run_folder(cfg, run_dir)
+    parts = build(cfg)
+    save_config(cfg, run_dir)
+    counts = parts.parameter_counts()
+    console.print(
+        f"[bold]ptune[/] {cfg.method.name} on {cfg.task.name} with {cfg.model.name} -> {run_dir}  "
+        f"(trainable {counts['trainable_params']:,} of {counts['total_params']:,} parameters, "
+        f"{parts.device}, {cfg.trainer.precision})"
+    )
+    results = write_results(parts, fit(parts, console), sweep)
+    best = results["best"] or {}
+    console.print(
+        f"done: best {results['main_metric']} {best.get(results['main_metric'], float('nan')):.2f} "
+        f"at step {best.get('step')}, {results['steps']} steps, {results['wall_time_s']:.1f}s -> {run_dir}"
+    )
+    return dict(results, run_dir=str(run_dir))
+
+
 # --- run folder ------------------------------------------------------------------------------------
+def check_run_folder(cfg: Config, run_dir: Path) -> None:
+    """Never overwrite another run's results: a folder holding a different run is refused."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    if not cfg.resume:
+        raise ConfigError(f"run folder {run_dir} already exists; use resume=true to continue it or another run_dir=")
+    old, new = OmegaConf.load(saved), OmegaConf.structured(cfg)
+    for key in ("method.name", "model.name", "task.name", "seed"):
+        if str(OmegaConf.select(old, key)) != str(OmegaConf.select(new, key)):
+            raise ConfigError(
+                f"run folder {run_dir} holds a run with {key}={OmegaConf.select(old, key)}; choose another run_dir="
+            )
+
+
+def finished_results(cfg: Config) -> dict | None:
+    """The results of this very run (same config) if its folder holds them; None: it still has to run."""
+    run_dir = Path(cfg.resolved_run_dir())
+    try:
+        same = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) == OmegaConf.to_container(
+            OmegaConf.structured(cfg))
+        return json.loads((run_dir / "results.json").read_text()) if same else None
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
 def save_config(cfg: Config, run_dir: Path) -> None:
     ckpt.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
 
 def load_config(run_dir: Path) -> Config:
-    from ptune.cli import to_config  # the same typed conversion the CLI uses
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a ptune run folder (no config.yaml)")
@@ -162,7 +216,7 @@ def environment() -> dict[str, str]:
     return env
 
 
-def write_results(parts: Parts, outcome: dict) -> dict:
+def write_results(parts: Parts, outcome: dict, sweep: dict | None = None) -> dict:
     history = outcome["progress"]["history"]
     best = next((r for r in history if r["step"] == outcome["best_step"]), None)
     results = {
@@ -180,5 +234,7 @@ def write_results(parts: Parts, outcome: dict) -> dict:
         "environment": environment(),
         "config": dataclasses.asdict(parts.cfg),
     }
+    if sweep:
+        results["sweep"] = sweep
     ckpt.atomic_write_json(parts.run_dir / "results.json", results)
     return results

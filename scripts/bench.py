@@ -6,7 +6,7 @@
 What is measured, all in one process unless said otherwise:
 
 1. **Training step, per registered method** (``ptune.methods.METHODS``) and precision. ptune's parts come
-   from ``ptune.cli.load`` + ``ptune.run.build`` and each step is ``ptune.training.loop.train_step`` (collate,
+   from ``ptune.config.load`` + ``ptune.run.build`` and each step is ``ptune.training.loop.train_step`` (collate,
    forward, backward, clipping, AdamW, schedule). PEFT's twin is ``get_peft_model`` over
    ``BertForSequenceClassification`` (task type SEQ_CLS) holding ptune's frozen weights and head:
    prompt_tuning -> ``PromptTuningConfig``; p_tuning_v2 -> ``PrefixTuningConfig(prefix_projection=False)``;
@@ -117,7 +117,7 @@ def fixed_texts(args) -> list:
     from bench_common import full_length_texts, ptune_overrides
     from transformers import AutoTokenizer
 
-    from ptune.cli import load
+    from ptune.config import load
 
     cfg = load(ptune_overrides(args, "prompt_tuning", "fp32", args.batch_size))
     tok = AutoTokenizer.from_pretrained(cfg.model.tokenizer_id or cfg.model.hf_id)

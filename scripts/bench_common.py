@@ -1,7 +1,7 @@
 """Shared pieces of scripts/bench.py: ptune parts built through ptune's own API, the PEFT twin of each
 method on the same weights, the fixed benchmark batches, timers, statistics and memory probes.
 
-Nothing here is ptune code: it only calls ptune's public pieces (``ptune.cli.load``, ``ptune.run.build``,
+Nothing here is ptune code: it only calls ptune's public pieces (``ptune.config.load``, ``ptune.run.build``,
 ``ptune.tasks.collate``, ``ptune.training``) so the benchmark times the code path ``ptune train`` runs.
 """
 
@@ -39,7 +39,7 @@ def ptune_overrides(args, method: str, precision: str, train_limit: int, extra: 
 def build_parts(args, method: str, precision: str, train_limit: int, extra: tuple = (), eval_limit=None):
     """Compose the config like the CLI does and build the run's parts with ``ptune.run.build``."""
     from ptune import run
-    from ptune.cli import load
+    from ptune.config import load
 
     more = (*extra, f"data.eval_limit={eval_limit}") if eval_limit else extra
     cfg = load(ptune_overrides(args, method, precision, train_limit, more))

@@ -112,7 +112,7 @@ def run_config(args, name: str, peft_cfg) -> dict:
 
 def epoch_benchmark(args, log) -> tuple[dict, dict]:
     """Interleaved rounds (forward order, then reversed); returns timings and round 0's trained models."""
-    from ptune.cli import load
+    from ptune.config import load
 
     peft_cfg = load(ptune_overrides(args, args.epoch_method, "fp32", args.epoch_rows))
     configs = [c for c in CONFIGS if "bf16" not in c or "bf16" in args.precision]

@@ -52,7 +52,7 @@ def peft_runner(args):
     from peft import get_peft_model
     from transformers import AutoTokenizer
 
-    from ptune.cli import load
+    from ptune.config import load
     from ptune.tasks.collate import collate, featurize
 
     cfg = load(ptune_overrides(args, args.method, args.precision, args.batch_size))

@@ -42,7 +42,7 @@ def main() -> None:
     from transformers import DynamicCache
 
     from ptune import backbones, methods, tasks
-    from ptune.cli import load
+    from ptune.config import load
 
     cfg = load([f"model={args.model}", "method=p_tuning_v2", "task=sst2", f"method.num_virtual_tokens={args.prefix}",
                 "model.attn_implementation=sdpa", "method.prefix_dropout=0.0", "model.dropout=0.0"])

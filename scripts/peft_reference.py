@@ -36,7 +36,7 @@ def main() -> int:
     from peft import get_peft_model
     from transformers import AutoTokenizer
 
-    from ptune.cli import load
+    from ptune.config import load
 
     cfg = load([f"method={args.method}", f"model={args.model}", f"method.num_virtual_tokens={args.num_virtual_tokens}"])
     tok = AutoTokenizer.from_pretrained(cfg.model.hf_id)

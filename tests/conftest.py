@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_CACHE", str(SHARED / "models" / "hub"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from ptune.cli import load  # noqa: E402  (after the hub environment is set)
+from ptune.config import load  # noqa: E402  (after the hub environment is set)
 from ptune.tasks.base import Example  # noqa: E402
 
 SST2_TEXTS = [

@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from ptune import run, tasks
-from ptune.cli import group_choices, load, main
-from ptune.config import METHOD_CONFIGS, Config
+from ptune.cli import main
+from ptune.config import METHOD_CONFIGS, Config, group_choices, load
 from ptune.methods import METHODS
 from ptune.training.loop import evaluate, fit
 from tests.conftest import REPO
@@ -20,9 +20,17 @@ from tests.tasks.conftest import root_for
 def test_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "ptune.cli", "--help"], capture_output=True, text=True,
                          cwd=REPO, check=True).stdout
-    for command in ("train", "eval", "describe"):
+    for command in ("train", "eval", "describe", "table", "plot", "-m method=prompt_tuning,p_tuning_v2"):
         assert command in out
     assert "method, model, task, optimizer, trainer" in out
+
+
+def test_nothing_imports_the_cli():
+    """cli.py is dispatch only: config loading lives in ptune.config, and nothing below imports upward."""
+    for path in (REPO / "ptune").rglob("*.py"):
+        if path.name != "cli.py":
+            text = path.read_text()
+            assert "ptune.cli" not in text and "from ptune import cli" not in text, path
 
 
 def test_config_groups_mirror_the_registries():

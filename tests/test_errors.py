@@ -45,12 +45,29 @@ def no_model(monkeypatch):
     ("trainer.precision=fp8", ["trainer.precision='fp8'", "fp32, bf16, fp16"]),
     ("trainer.nonsense=1", ["unknown key", "trainer.nonsense"]),
     ("task", ["'task'", "key=value"]),
+    ("task=[rte,mrpc]", ["one task per run", "-m task=rte,mrpc"]),
 ])
 def test_config_mistakes_fail_in_one_line_before_any_model_loads(capsys, no_model, tmp_path, arg, words):
     err = fail(capsys, ["train", *TINY, f"run_dir={tmp_path / 'r'}", arg])
     for w in words:
         assert w in err, (w, err)
     assert not (tmp_path / "r").exists()  # nothing written
+
+
+@pytest.mark.parametrize("args,words", [
+    (["task=rte,stsb"], ["task=rte,stsb sweeps several values", "add -m"]),
+    (["-m", "task=rte,nope"], ["unknown task 'nope'", "rte", "stsb"]),
+    (["-m", "hydra/launcher=nope"], ["unknown hydra/launcher 'nope'", "basic"]),
+    (["-m", "trainer.max_steps=1,abc"], ["trainer.max_steps='abc'", "wrong type"]),
+    (["-m", "seed=1,2", "trainer.nonsense=1"], ["unknown key", "trainer.nonsense"]),
+    (["-m", "seed=1,2", "run_dir=x"], ["run_dir=", "hydra.sweep.dir="]),
+    (["--bogus"], ["'--bogus'", "ptune train --help"]),
+])
+def test_sweep_mistakes_fail_in_one_line_before_any_job_starts(capsys, no_model, tmp_path, args, words):
+    err = fail(capsys, ["train", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", *args])
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_missing_data_folder_names_the_path_and_data_root(capsys, no_model, tmp_path):

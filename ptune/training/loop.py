@@ -96,6 +96,8 @@ def fit(parts, console: Console | None = None) -> dict:
         scheduler.load_state_dict(progress.pop("scheduler"))
         stopper = EarlyStopping(**progress.pop("early_stopping"))
         ckpt.set_rng_state(rng["t"], rng["m"])
+        if console is not None:
+            console.print(f"resuming {run_dir} from step {progress['step']} (its state/ folder)")
 
     def save_state():
         prog = dict(progress, scheduler=scheduler.state_dict(), early_stopping=stopper.state())

@@ -1,0 +1,131 @@
+"""Find run folders under sweep folders (or anywhere) and read what ``table`` and ``plot`` need.
+
+A run folder is one that holds ``config.yaml`` (ptune's own, never Hydra's ``.hydra/config.yaml``);
+``results.json`` marks it finished. A sweep folder's ``sweep.json`` says which jobs failed, with their
+one-line error, including those that failed before they had a folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ptune.errors import ConfigError
+
+SKIP = {".hydra", ".submitit", "state"}
+
+
+@dataclass
+class Run:
+    folder: Path
+    status: str  # finished | failed | unfinished
+    method: str = "?"
+    task: str = "?"
+    model: str = "?"
+    seed: int | None = None
+    variant: str = ""  # swept values beyond method/task/model/seed, from the folder's name
+    main_metric: str | None = None
+    score: float | None = None  # best main metric
+    trainable: int | None = None
+    total: int | None = None
+    paper: float | None = None
+    paper_source: str | None = None
+    error: str | None = None
+    step: int | None = None
+    max_steps: int | None = None
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.variant}".strip()
+
+
+def find(folders: list[Path]) -> list[Run]:
+    """Every run under ``folders`` (each once), and every failed sweep job that never got a folder."""
+    runs: dict[Path, Run] = {}
+    failures: dict[Path, dict] = {}
+    missing = [str(f) for f in folders if not Path(f).is_dir()]
+    if missing:
+        raise ConfigError(f"no such folder: {', '.join(missing)}")
+    for top in map(Path, folders):
+        for record in top.rglob("sweep.json"):
+            failures.update(failed_jobs(record))
+        for cfg in top.rglob("config.yaml"):
+            folder = cfg.parent.resolve()
+            if folder not in runs and not SKIP & set(cfg.relative_to(top).parts[:-1]):
+                runs[folder] = read_run(cfg.parent, failures.get(folder))
+    for folder, job in failures.items():
+        if folder not in runs:  # failed before it had a run folder (e.g. a bad value for one job)
+            given = dict(o.lstrip("+").split("=", 1) for o in job.get("overrides", []) if "=" in o)
+            runs[folder] = Run(folder=folder, status="failed", error=job.get("error"), method=given.get("method", "?"),
+                               task=given.get("task", "?"), model=given.get("model", "?"),
+                               variant=job.get("swept", ""))
+    if not runs:
+        raise ConfigError(f"no run folders under {', '.join(map(str, folders))} (a run folder holds config.yaml)")
+    return sorted(runs.values(), key=lambda r: (r.task, r.method, r.variant, r.seed or 0, str(r.folder)))
+
+
+def failed_jobs(record: Path) -> dict[Path, dict]:
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for job in data.get("jobs", []):
+        if job.get("status") == "failed":
+            given = Path(job["run_dir"]) if job.get("run_dir") else Path(f"job-{job.get('num')}")
+            folder = given if given.is_absolute() else record.parent / given.name  # run folders sit in the sweep
+            out[folder.resolve()] = job
+    return out
+
+
+def read_run(folder: Path, failed: dict | None) -> Run:
+    cfg = OmegaConf.load(folder / "config.yaml")
+    get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
+    run = Run(folder=folder.resolve(), status="unfinished", method=str(get("method.name", "?")),
+              task=str(get("task.name", "?")), model=str(get("model.name", "?")), seed=get("seed"),
+              max_steps=get("trainer.max_steps"), paper_source=get("paper.source"))
+    base = f"{run.method}-{run.task}-{run.model}-s{run.seed}"
+    run.variant = folder.name[len(base):].lstrip("-") if folder.name.startswith(base) else ""
+    paper = get("paper.scores") or {}
+    run.paper = float(paper[run.task]) if run.task in paper else None
+    run.history = read_history(folder / "metrics.jsonl")
+    results = read_json(folder / "results.json")
+    if results is not None:
+        best = results.get("best") or {}
+        run.main_metric = results.get("main_metric")
+        run.score = best.get(run.main_metric)
+        run.trainable, run.total = results.get("trainable_params"), results.get("total_params")
+        run.step = results.get("steps")
+        run.status = "finished" if run.score is not None else "failed"
+        run.error = None if run.score is not None else "results.json holds no evaluation"
+    else:
+        state = read_json(folder / "state" / "state.json") or {}
+        run.step = (state.get("progress") or {}).get("step")
+        if failed is not None:
+            run.status, run.error = "failed", failed.get("error")
+    return run
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_history(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line of a run that is still writing
+    return rows
