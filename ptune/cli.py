@@ -100,29 +100,44 @@ def hydra_argv(flags: argparse.Namespace) -> list[str]:
 
 # --- plain commands -------------------------------------------------------------------------------
 def cmd_eval(overrides: list[str]) -> int:
+    """Re-score a run's saved prompt on every task of the run (``task=<one of them>`` for one)."""
     from ptune import run
-    from ptune.training.loop import evaluate
+    from ptune.training.loop import evaluate_all, split_key
 
     runs = [o.split("=", 1)[1] for o in overrides if o.startswith("run=")]
     if not runs:
         raise ConfigError("ptune eval needs run=<run folder>, e.g. ptune eval run=outputs/prompt_tuning-sst2-minilm-s42")
     run_dir = Path(runs[0])
     saved = run.load_config(run_dir)
-    rest = [o for o in overrides if not o.startswith("run=")]
+    only = [o.split("=", 1)[1] for o in overrides if o.startswith("task=")]
+    if only and only[0] not in saved.task:
+        raise ConfigError(f"task={only[0]!r} is not a task of {run_dir}; choose one of: {', '.join(saved.task)}")
+    rest = [o for o in overrides if not o.startswith(("run=", "task="))]
     cfg = to_config(OmegaConf.merge(OmegaConf.structured(saved), OmegaConf.from_dotlist(rest)))
     parts = run.build(cfg, train=False)
     step = parts.load_prompt(run_dir / "prompt.safetensors")
-    metrics = evaluate(parts, parts.eval)
+    evals = [s for s in parts.evals if not only or s.task.name == only[0]]
+    metrics = evaluate_all(parts, evals)
     stored = {}
     results_path = run_dir / "results.json"
     if results_path.is_file():
         stored = (json.loads(results_path.read_text()).get("best") or {})
-    main = parts.task.main_metric
-    Console(stderr=True).print(f"{cfg.task.name} {cfg.data.eval_split} @ step {step}: " +
-                               ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) +
-                               (f"  (stored {main} {stored[main]:.2f})" if main in stored else ""))
-    print(json.dumps({"run_dir": str(run_dir), "step": step, "metrics": metrics,
-                      "stored": {k: stored[k] for k in metrics if k in stored}}))
+    per_task = metrics.get("tasks") or {split_key(evals[0], True): metrics}
+    stored_tasks = stored.get("tasks") or {parts.task.name: stored}
+    console = Console(stderr=True)
+    for key, m in per_task.items():
+        ref = stored_tasks.get(key, {})
+        console.print(f"{key} @ step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items()) +
+                      "".join(f"  (stored {k} {ref[k]:.2f})" for k in m if k in ref)[:80])
+    if "avg" in metrics and not only:
+        console.print(f"avg {metrics['avg']:.2f}" + (f"  (stored {stored['avg']:.2f})" if "avg" in stored else ""))
+    if len(parts.tasks) == 1:
+        out_stored = {k: stored[k] for k in metrics if k in stored}
+    else:
+        out_stored = {"tasks": {k: stored_tasks[k] for k in per_task if k in stored_tasks}}
+        if "avg" in stored and not only:
+            out_stored["avg"] = stored["avg"]
+    print(json.dumps({"run_dir": str(run_dir), "step": step, "metrics": metrics, "stored": out_stored}))
     return 0
 
 

@@ -52,7 +52,12 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "sst2"
+    """One task of a run, keyed by its name under ``task`` (``task=rte``, ``task=[rte,mrpc]``, ``task=glue``)."""
+
+    weight: float = 1.0  # multiplies the task's data.sampling rate in a mixture
+    train_limit: int | None = None  # null: data.train_limit
+    eval_limit: int | None = None  # null: data.eval_limit
+    eval_splits: list[str] | None = None  # null: [data.eval_split]; MNLI in task=glue: matched and mismatched
 
 
 @dataclass
@@ -61,6 +66,9 @@ class DataConfig:
     train_limit: int | None = None
     eval_limit: int | None = None
     eval_split: str = "validation"
+    sampling: str = "proportional"  # mixtures: proportional | temperature | equal (ptune/tasks/mixture.py)
+    temperature: float = 1.0  # sampling=temperature: task i drawn with probability ~ n_i ** (1 / T)
+    sampling_cap: int | None = None  # T5's K: rates from min(n_i, K)
 
 
 @dataclass
@@ -91,6 +99,8 @@ class TrainerConfig:
     num_threads: int | None = None
     save_every: int | None = None  # training-state checkpoints; null: at each evaluation
     progress: bool = True
+    monitor: str | None = None  # early stopping and the best checkpoint: a task's main metric or avg; null: the
+    # task's main metric (one task), avg (a mixture)
 
 
 @dataclass
@@ -105,7 +115,7 @@ class PaperConfig:
 class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: dict[str, TaskConfig] = field(default_factory=dict)  # task name -> its settings, in task id order
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -119,8 +129,19 @@ class Config:
     def lr(self) -> float:
         return self.optimizer.lr if self.optimizer.lr is not None else self.method.lr
 
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.task)
+
+    @property
+    def task_label(self) -> str:
+        """The run's task in names: ``rte``, a named mixture (``glue``), else ``rte+mrpc``."""
+        from ptune.tasks import mixture_name
+
+        return mixture_name(self.task_names)
+
     def run_name(self) -> str:
-        return f"{self.method.name}-{self.task.name}-{self.model.name}-s{self.seed}"
+        return f"{self.method.name}-{self.task_label}-{self.model.name}-s{self.seed}"
 
     def resolved_run_dir(self) -> str:
         return self.run_dir or os.path.join(self.output_dir, self.run_name())
@@ -182,10 +203,36 @@ def validate(cfg: Config) -> Config:
             continue
         if not ok(value):
             raise ConfigError(f"{key}={value!r} {rule}")
+    check_tasks(cfg)
     check = getattr(cfg.method, "check", None)
     if check is not None:
         check()
     return cfg
+
+
+def check_tasks(cfg: Config) -> None:
+    from ptune.tasks import TASKS
+    from ptune.tasks.mixture import SAMPLINGS
+
+    if not cfg.task:
+        raise ConfigError("no task: choose one with task=<name>, several with task=[rte,mrpc], or task=glue")
+    unknown_tasks = [n for n in cfg.task if n not in TASKS]
+    if unknown_tasks:
+        raise ConfigError(f"unknown task {', '.join(map(repr, unknown_tasks))}; choose from: {', '.join(TASKS)}")
+    if cfg.data.sampling not in SAMPLINGS:
+        raise ConfigError(f"data.sampling={cfg.data.sampling!r} is not valid; choose one of: {', '.join(SAMPLINGS)}")
+    if cfg.data.temperature <= 0:
+        raise ConfigError(f"data.temperature={cfg.data.temperature} must be > 0")
+    for name, spec in cfg.task.items():
+        if spec.weight <= 0:
+            raise ConfigError(f"task.{name}.weight={spec.weight} must be > 0")
+        for key in ("train_limit", "eval_limit"):
+            value = getattr(spec, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"task.{name}.{key}={value} must be >= 1")
+    monitors = ["avg", *cfg.task]
+    if cfg.trainer.monitor is not None and cfg.trainer.monitor not in monitors:
+        raise ConfigError(f"trainer.monitor={cfg.trainer.monitor!r} is not valid; choose one of: {', '.join(monitors)}")
 
 
 # --- composing ------------------------------------------------------------------------------------
@@ -224,16 +271,20 @@ def check_key_value(overrides: list[str]) -> None:
     for o in overrides:
         if "=" not in o and not o.startswith("~"):
             raise ConfigError(f"argument {o!r} is not key=value (e.g. task=rte, trainer.max_steps=300)")
-        group = re.match(rf"^\+*({'|'.join(GROUPS)})=\[", o)
+        group = re.match(rf"^\+*({'|'.join(g for g in GROUPS if g != 'task')})=\[", o)
         if group:  # Hydra would quietly keep the last option of the list
             values = o.split("=", 1)[1].strip("[]")
-            raise ConfigError(f"{o}: one {group.group(1)} per run (several tasks in one run is not supported "
-                              f"yet); for one job per value use ptune train -m {group.group(1)}={values}")
+            raise ConfigError(f"{o}: one {group.group(1)} per run; for one job per value use "
+                              f"ptune train -m {group.group(1)}={values}")
 
 
 def missing_option(err: MissingConfigException) -> ConfigError:
     """Hydra's "Could not find 'task/nope'" and its list of options -> ``unknown task 'nope'; choose ...``."""
     missing = err.missing_cfg_file or ""
+    listed = re.search(r"Could not load '([\w/]+)/(\w+)'", str(err))  # an option inside a list: task=[rte,nope]
+    if listed and listed.group(1) in GROUPS:
+        group, name = listed.groups()
+        return ConfigError(f"unknown {group} {name!r}; choose one of: {', '.join(group_choices(group))}")
     if "/" in missing and err.options is not None:
         group, name = missing.rsplit("/", 1)
         hint = INSTALL_HINT.get(group, "") if name in PLUGINS else ""
@@ -260,6 +311,10 @@ def to_config(raw: DictConfig) -> Config:
     import ptune.methods  # noqa: F401  (each method module registers its config)
 
     raw = OmegaConf.masked_copy(raw, [str(k) for k in raw if k != "hydra"]) if "hydra" in raw else raw
+    task = raw.get("task")
+    if isinstance(task, DictConfig) and isinstance(task.get("name"), str):  # a run folder from before mixtures
+        raw = OmegaConf.merge(OmegaConf.masked_copy(raw, [str(k) for k in raw if k != "task"]),
+                              {"task": {task.name: {}}})
     name = raw.get("method", {}).get("name", "prompt_tuning")
     if name not in METHOD_CONFIGS:
         raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHOD_CONFIGS))}")

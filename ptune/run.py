@@ -21,25 +21,58 @@ from rich.console import Console
 from ptune import backbones, methods, tasks
 from ptune.backbones.base import Backbone
 from ptune.config import Config, to_config
-from ptune.errors import CheckpointError, ConfigError
+from ptune.errors import CheckpointError, ConfigError, DataError
 from ptune.methods.base import PromptMethod
+from ptune.tasks import mixture
 from ptune.tasks.base import Task
 from ptune.tasks.collate import Split, featurize
-from ptune.tasks.data import check_labels
+from ptune.tasks.data import check_labels, resolve_root
 from ptune.training import checkpoint as ckpt
 from ptune.training.loop import fit
 
 
 @dataclass
 class Parts:
+    """A run's pieces. ``trains[i]`` / ``tasks[i]`` belong to task id i; ``evals`` holds every
+    (task, evaluation split) pair. ``task``, ``train`` and ``eval`` name the first (in a one-task run, the
+    only) task's, for code that handles one task."""
+
     cfg: Config
-    task: Task
+    tasks: list[Task]
     backbone: Backbone
     method: PromptMethod
-    train: Split | None
-    eval: Split
+    trains: list[Split]
+    evals: list[Split]
     device: torch.device
     run_dir: Path
+    probabilities: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+
+    @property
+    def task(self) -> Task:
+        return self.tasks[0]
+
+    @property
+    def train(self) -> Split | None:
+        return self.trains[0] if self.trains else None
+
+    @train.setter
+    def train(self, split: Split) -> None:
+        self.trains = [split]
+
+    @property
+    def eval(self) -> Split:
+        return self.evals[0]
+
+    @eval.setter
+    def eval(self, split: Split) -> None:
+        self.evals = [split]
+
+    def monitor_key(self) -> str:
+        """The key of an evaluation row that early stopping and the best checkpoint follow."""
+        monitor = self.cfg.trainer.monitor
+        if len(self.tasks) == 1 and monitor in (None, "avg", self.task.name):
+            return self.task.main_metric
+        return "avg" if monitor in (None, "avg") else f"{monitor}/{tasks.get(monitor).main_metric}"
 
     @property
     def pad_id(self) -> int:
@@ -55,7 +88,7 @@ class Parts:
     def metadata(self) -> dict[str, str]:
         c = self.cfg
         return {"format": ckpt.FORMAT, "method": c.method.name, "model": c.model.hf_id or c.model.name,
-                "family": c.model.family, "task": c.task.name}
+                "family": c.model.family, "task": c.task_label}
 
     def save_prompt(self, path: Path, step: int) -> None:
         meta = dict(self.metadata(), step=str(step))
@@ -101,35 +134,75 @@ def cpu_has_bf16() -> bool:
 
 
 def build(cfg: Config, *, train: bool = True, examples: dict[str, list] | None = None) -> Parts:
-    """Task -> data -> backbone -> method -> featurized splits, cheap checks first.
+    """Tasks -> data -> backbone -> method -> featurized splits, cheap checks first.
 
-    ``examples`` ({"train": [...], "eval": [...]}) replaces loading from data (tests, benchmarks).
+    ``examples`` ({"train": [...], "eval": [...]}, one-task runs) replaces loading from data (tests,
+    benchmarks).
     """
-    task = tasks.get(cfg.task.name)
+    run_tasks = [tasks.get(name) for name in cfg.task_names]
     device = pick_device(cfg.trainer.device)
     check_precision(cfg.trainer.precision, device)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    root = cfg.data.root  # None: tasks.data falls back to $PTUNE_DATA_DIR, then the hub
-    if examples is not None:
-        train_ex, eval_ex = examples.get("train") if train else None, examples["eval"]
-    else:
-        train_ex = tasks.load_split(task, "train", root=root, limit=cfg.data.train_limit) if train else None
-        eval_ex = tasks.load_split(task, cfg.data.eval_split, root=root, limit=cfg.data.eval_limit)
-    if train_ex is not None:
-        check_labels(task, train_ex, "train", need_all=True)
-    check_labels(task, eval_ex, cfg.data.eval_split, need_all=False)
+    data = load_data(cfg, run_tasks, train, examples)
     torch.manual_seed(cfg.seed)
-    backbone = backbones.load(cfg.model, [task], cfg.trainer.precision, device)
+    backbone = backbones.load(cfg.model, run_tasks, cfg.trainer.precision, device)
     torch.manual_seed(cfg.seed)
     if hasattr(backbone, "heads"):
         for head in backbone.heads.values():
             head.classifier.reset_parameters()
-    method = methods.build(cfg.method, backbone.dims(), [verbalizers(task)]).to(device)
+    method = methods.build(cfg.method, backbone.dims(), [verbalizers(t) for t in run_tasks]).to(device)
     tok, fam, m = backbone.tokenizer, cfg.model.family, cfg.model
-    train_split = featurize(task, 0, train_ex, tok, fam, m.max_length, m.max_target_length) if train_ex else None
-    eval_split = featurize(task, 0, eval_ex, tok, fam, m.max_length, m.max_target_length)
-    return Parts(cfg, task, backbone, method, train_split, eval_split, device, Path(cfg.resolved_run_dir()))
+
+    def feats(task_id: int, rows: list, split: str) -> Split:
+        out = featurize(run_tasks[task_id], task_id, rows, tok, fam, m.max_length, m.max_target_length)
+        out.split = split
+        return out
+
+    trains = [feats(i, d["train"], "train") for i, d in enumerate(data) if d["train"] is not None]
+    evals = [feats(i, rows, split) for i, d in enumerate(data) for split, rows in d["eval"].items()]
+    sizes = [len(s) for s in trains]
+    probabilities = [1.0]
+    if len(trains) > 1:
+        rates = mixture.task_probabilities(sizes, cfg.data.sampling, cfg.data.temperature, cfg.data.sampling_cap)
+        weighted = [r * cfg.task[t.name].weight for r, t in zip(rates, run_tasks, strict=True)]
+        probabilities = [w / sum(weighted) for w in weighted]
+    return Parts(cfg, run_tasks, backbone, method, trains, evals, device, Path(cfg.resolved_run_dir()),
+                 probabilities)
+
+
+def load_data(cfg: Config, run_tasks: list[Task], train: bool, examples: dict | None) -> list[dict]:
+    """Every task's training rows and evaluation splits, checked; a mixture whose tasks lack data fails
+    once, naming every missing task, before any model is loaded."""
+    root = cfg.data.root  # None: tasks.data falls back to $PTUNE_DATA_DIR, then the hub
+    out, missing = [], []
+    for task in run_tasks:
+        spec = cfg.task[task.name]
+        splits = spec.eval_splits or [cfg.data.eval_split]
+        if examples is not None:
+            out.append({"train": examples.get("train") if train else None, "eval": {splits[0]: examples["eval"]}})
+            continue
+        try:
+            rows = {"train": tasks.load_split(task, "train", root=root, limit=spec.train_limit or cfg.data.train_limit)
+                    if train else None,
+                    "eval": {s: tasks.load_split(task, s, root=root, limit=spec.eval_limit or cfg.data.eval_limit)
+                             for s in splits}}
+        except DataError as err:
+            if len(run_tasks) == 1:
+                raise
+            missing.append((task.name, str(err)))
+            continue
+        out.append(rows)
+    if missing:
+        where = resolve_root(root) or "the hub"
+        raise DataError(f"no data for {len(missing)} of the {len(run_tasks)} tasks "
+                        f"({', '.join(n for n, _ in missing)}) in {where}; first: {missing[0][1]}")
+    for task, rows in zip(run_tasks, out, strict=True):
+        if rows["train"] is not None:
+            check_labels(task, rows["train"], "train", need_all=True)
+        for split, ex in rows["eval"].items():
+            check_labels(task, ex, split, need_all=False)
+    return out
 
 
 def verbalizers(task: Task) -> list[str]:
@@ -149,7 +222,7 @@ def train(cfg: Config, console: Console, sweep: dict | None = None) -> dict:
     save_config(cfg, run_dir)
     counts = parts.parameter_counts()
     console.print(
-        f"[bold]ptune[/] {cfg.method.name} on {cfg.task.name} with {cfg.model.name} -> {run_dir}  "
+        f"[bold]ptune[/] {cfg.method.name} on {cfg.task_label} with {cfg.model.name} -> {run_dir}  "
         f"(trainable {counts['trainable_params']:,} of {counts['total_params']:,} parameters, "
         f"{parts.device}, {cfg.trainer.precision})"
     )
@@ -171,11 +244,11 @@ def check_run_folder(cfg: Config, run_dir: Path) -> None:
     if not cfg.resume:
         raise ConfigError(f"run folder {run_dir} already exists; use resume=true to continue it or another run_dir=")
     old, new = OmegaConf.load(saved), OmegaConf.structured(cfg)
-    for key in ("method.name", "model.name", "task.name", "seed"):
-        if str(OmegaConf.select(old, key)) != str(OmegaConf.select(new, key)):
-            raise ConfigError(
-                f"run folder {run_dir} holds a run with {key}={OmegaConf.select(old, key)}; choose another run_dir="
-            )
+    old_tasks = to_config(old).task_label if "task" in old else "?"
+    for key, before, now in (*((k, OmegaConf.select(old, k), OmegaConf.select(new, k))
+                                for k in ("method.name", "model.name", "seed")), ("task", old_tasks, cfg.task_label)):
+        if str(before) != str(now):
+            raise ConfigError(f"run folder {run_dir} holds a run with {key}={before}; choose another run_dir=")
 
 
 def finished_results(cfg: Config) -> dict | None:
@@ -220,11 +293,12 @@ def write_results(parts: Parts, outcome: dict, sweep: dict | None = None) -> dic
     history = outcome["progress"]["history"]
     best = next((r for r in history if r["step"] == outcome["best_step"]), None)
     results = {
-        "task": parts.task.name,
+        "task": parts.cfg.task_label,
+        "tasks": parts.cfg.task_names,
         "method": parts.cfg.method.name,
         "model": parts.cfg.model.name,
         "seed": parts.cfg.seed,
-        "main_metric": parts.task.main_metric,
+        "main_metric": parts.monitor_key(),
         "best": best,
         "final": history[-1] if history else None,
         "steps": outcome["progress"]["step"],

@@ -34,7 +34,7 @@ def test_nothing_imports_the_cli():
 
 
 def test_config_groups_mirror_the_registries():
-    assert set(group_choices("task")) == set(tasks.TASKS)
+    assert set(group_choices("task")) == set(tasks.TASKS) | set(tasks.MIXTURES)
     assert set(group_choices("method")) == set(METHODS) == set(METHOD_CONFIGS)
     assert {"t5-small", "t5-base", "t5-large", "t5-base-lm-adapt", "t5-large-lm-adapt", "flan-t5-base",
             "bert-base", "bert-large", "roberta-base", "roberta-large", "minilm", "tiny-t5",
@@ -54,7 +54,7 @@ def test_groups_compose_and_any_value_overrides():
     assert type(cfg.method) is METHOD_CONFIGS["p_tuning_v2"]
     assert (cfg.method.num_virtual_tokens, cfg.trainer.max_steps, cfg.optimizer.name, cfg.lr, cfg.seed) == (
         7, 13, "adafactor", 0.5, 3)
-    assert cfg.data.root == "/some/where" and cfg.model.dropout == 0.0 and cfg.task.name == "rte"
+    assert cfg.data.root == "/some/where" and cfg.model.dropout == 0.0 and cfg.task_names == ["rte"]
     assert cfg.resolved_run_dir().endswith("p_tuning_v2-rte-tiny-t5-s3")
     assert load([]).lr == METHOD_CONFIGS["prompt_tuning"]().lr  # null optimizer.lr: the method's
 

@@ -45,7 +45,10 @@ def no_model(monkeypatch):
     ("trainer.precision=fp8", ["trainer.precision='fp8'", "fp32, bf16, fp16"]),
     ("trainer.nonsense=1", ["unknown key", "trainer.nonsense"]),
     ("task", ["'task'", "key=value"]),
-    ("task=[rte,mrpc]", ["one task per run", "-m task=rte,mrpc"]),
+    ("task=[rte,nope]", ["unknown task 'nope'", "sst2", "rte", "boolq", "glue"]),
+    ("method=[prompt_tuning,p_tuning_v2]", ["one method per run", "-m method=prompt_tuning,p_tuning_v2"]),
+    ("trainer.monitor=cola", ["trainer.monitor='cola'", "avg, sst2"]),
+    ("data.sampling=sorted", ["data.sampling='sorted'", "proportional, temperature, equal"]),
 ])
 def test_config_mistakes_fail_in_one_line_before_any_model_loads(capsys, no_model, tmp_path, arg, words):
     err = fail(capsys, ["train", *TINY, f"run_dir={tmp_path / 'r'}", arg])

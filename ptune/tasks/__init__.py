@@ -14,6 +14,20 @@ from ptune.tasks.data import load_rows, load_split
 
 TASKS: dict[str, Task] = {task.name: task for task in (*glue.TASKS, *superglue.TASKS)}
 
+# named mixtures: ``task=glue`` / ``task=superglue`` (configs/task/<name>.yaml lists the same tasks)
+MIXTURES: dict[str, tuple[str, ...]] = {
+    "glue": ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"),
+    "superglue": ("boolq", "cb", "copa", "multirc", "record", "superglue_rte", "wic", "wsc"),
+}
+
+
+def mixture_name(names: list[str]) -> str:
+    """``rte`` for one task, the mixture's name for a named mixture's tasks, else ``rte+mrpc``."""
+    for name, members in MIXTURES.items():
+        if sorted(members) == sorted(names):
+            return name
+    return "+".join(names)
+
 
 def get(name: str) -> Task:
     """The task registered under ``name``; an unknown name raises one error listing the choices."""
@@ -23,4 +37,4 @@ def get(name: str) -> Task:
         raise unknown("task", name, TASKS) from None
 
 
-__all__ = ["TASKS", "Example", "Head", "Task", "get", "load_rows", "load_split"]
+__all__ = ["MIXTURES", "TASKS", "mixture_name", "Example", "Head", "Task", "get", "load_rows", "load_split"]

@@ -29,6 +29,7 @@ class Split:
     task_id: int
     examples: list[Example]
     features: list[dict]
+    split: str = ""  # the split's role ("train", "validation", ...), for reports
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -17,7 +17,8 @@ import torch
 from rich.console import Console
 
 from ptune.errors import TrainingError
-from ptune.tasks.collate import eval_batches, iterate, to_device, train_batches
+from ptune.tasks.collate import collate, eval_batches, iterate, to_device
+from ptune.tasks.mixture import average, mixture_batches, task_score
 from ptune.training import checkpoint as ckpt
 from ptune.training.early_stopping import EarlyStopping
 from ptune.training.optim import build_optimizer, build_scheduler
@@ -76,9 +77,39 @@ def evaluate(parts, split) -> dict[str, float]:
     return split.task.compute_metrics(preds, split.examples)
 
 
+def split_key(split, first: bool) -> str:
+    """A task's row name: the task for its first evaluation split, ``task/split`` for the others."""
+    return split.task.name if first else f"{split.task.name}/{split.split}"
+
+
+def evaluate_all(parts, evals=None) -> dict:
+    """Every task's official metrics on each of its evaluation splits, and their leaderboard average.
+
+    One task: that task's metrics, as before mixtures. Several: ``{"avg": ..., "tasks": {key: metrics}}``
+    with ``avg`` the mean over tasks of each task's score (ptune/tasks/mixture.py) and, for monitoring,
+    ``<task>/<main metric>`` of each task's first split.
+    """
+    evals = parts.evals if evals is None else evals
+    if len(parts.tasks) == 1:
+        return evaluate(parts, evals[0])
+    seen: set[str] = set()
+    per_split, scores = {}, {}
+    for split in evals:
+        key = split_key(split, split.task.name not in seen)
+        seen.add(split.task.name)
+        metrics = evaluate(parts, split)
+        per_split[key] = metrics
+        scores.setdefault(split.task.name, []).append(task_score(metrics, split.task.metric_names))
+    row: dict = {"avg": average(scores), "tasks": per_split}
+    for name in scores:
+        task = next(s.task for s in evals if s.task.name == name)
+        row[f"{name}/{task.main_metric}"] = per_split[name][task.main_metric]
+    return row
+
+
 def fit(parts, console: Console | None = None) -> dict:
     cfg, run_dir = parts.cfg, Path(parts.run_dir)
-    tcfg, task = cfg.trainer, parts.train.task
+    tcfg = cfg.trainer
     modules = parts.trainable_modules()
     params = parts.trainable_parameters()
     optimizer = build_optimizer(cfg.optimizer, params, cfg.lr, parts.device)
@@ -103,14 +134,15 @@ def fit(parts, console: Console | None = None) -> dict:
         prog = dict(progress, scheduler=scheduler.state_dict(), early_stopping=stopper.state())
         ckpt.save_state(run_dir / "state", ckpt.trainable_state(modules), optimizer.state_dict(), prog)
 
-    reporter = Reporter(console, tcfg, task, start_step=progress["step"])
-    lengths = parts.train.lengths()
+    reporter = Reporter(console, tcfg, start_step=progress["step"])
+    lengths = [split.lengths() for split in parts.trains]
     flag: dict = {}
     start = time.perf_counter() - progress["wall_time"]
     stop_reason = "max_steps"
     with catch_signals(flag), reporter:
         while progress["step"] < tcfg.max_steps and stop_reason == "max_steps":
-            batches = train_batches(lengths, tcfg.batch_size, cfg.seed, progress["epoch"], tcfg.group_by_length)
+            batches = mixture_batches(lengths, tcfg.batch_size, cfg.seed, progress["epoch"], parts.probabilities,
+                                      tcfg.group_by_length)
             while progress["batch"] + tcfg.grad_accum <= len(batches):
                 group = batches[progress["batch"] : progress["batch"] + tcfg.grad_accum]
                 loss = train_step(parts, optimizer, scheduler, scaler, group, params)
@@ -145,12 +177,14 @@ def fit(parts, console: Console | None = None) -> dict:
 
 
 def train_step(parts, optimizer, scheduler, scaler, group, params) -> float:
-    """One optimizer step over ``group`` (a list of batches of row indices: gradient accumulation)."""
+    """One optimizer step over ``group``: batches of row indices, several for gradient accumulation; a
+    batch is ``(task id, rows)`` in a mixture, or the rows alone for the first task."""
     parts.method.train()
     parts.backbone.train()
     total = 0.0
-    for batch in iterate(parts.train, group, parts.backbone.family, parts.pad_id):
-        batch = to_device(batch, parts.device)
+    for item in group:
+        t, idx = item if isinstance(item, tuple) else (0, item)
+        batch = to_device(collate(parts.trains[t], idx, parts.backbone.family, parts.pad_id), parts.device)
         with amp_context(parts):
             out = parts.backbone(batch, parts.method(batch["task_ids"]), score=False)
         loss = out.loss.float() / len(group)
@@ -168,8 +202,8 @@ def train_step(parts, optimizer, scheduler, scaler, group, params) -> float:
 
 def record_eval(parts, progress, stopper, modules, start, reporter) -> None:
     step = progress["step"]
-    metrics = evaluate(parts, parts.eval)
-    main = metrics[parts.eval.task.main_metric]
+    metrics = evaluate_all(parts)
+    main = metrics[parts.monitor_key()]
     train_loss = progress["loss_sum"] / max(1, progress["loss_count"])
     progress["loss_sum"], progress["loss_count"] = 0.0, 0
     improved = stopper.update(main, step)
@@ -180,10 +214,16 @@ def record_eval(parts, progress, stopper, modules, start, reporter) -> None:
     if improved:
         parts.save_prompt(run_dir / "prompt.safetensors", step=step)
     ckpt.atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonl(r) for r in progress["history"]))
-    reporter.evaluation(row, parts.eval.task, stopper)
+    reporter.evaluation(row, parts, stopper)
 
 
 def _jsonl(row: dict) -> str:
+    """One line per evaluation; a mixture's evaluation is one line per task and split, then its ``avg`` line."""
     import json
 
-    return json.dumps(row, sort_keys=True) + "\n"
+    if "tasks" not in row:
+        return json.dumps(row, sort_keys=True) + "\n"
+    head = {k: row[k] for k in ("step", "epoch")}
+    lines = [dict(head, task=key, **metrics) for key, metrics in row["tasks"].items()]
+    lines.append({k: v for k, v in row.items() if k != "tasks"} | {"task": "avg"})
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines)

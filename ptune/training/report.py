@@ -15,7 +15,7 @@ from rich.table import Table
 
 
 class Reporter:
-    def __init__(self, console: Console | None, tcfg, task, start_step: int = 0):
+    def __init__(self, console: Console | None, tcfg, start_step: int = 0):
         self.console = console or Console(stderr=True, quiet=True)
         self.enabled = tcfg.progress and not self.console.quiet
         self.tcfg = tcfg
@@ -41,11 +41,17 @@ class Reporter:
         else:
             self.progress.update(self.bar, completed=step, info=info)
 
-    def evaluation(self, row: dict, task, stopper) -> None:
-        metrics = [m for m in task.metric_names if m in row]
-        table = Table(title=f"{task.name} validation @ step {row['step']}", show_edge=False)
-        for col in ("step", "train_loss", *metrics, "best"):
-            table.add_column(col, justify="right")
+    def evaluation(self, row: dict, parts, stopper) -> None:
+        """One table per evaluation: a row per task (and split) with its metrics; mixtures add ``avg``."""
         best = "new best" if row["best"] else f"{stopper.best:.2f} @ {stopper.best_step}"
-        table.add_row(str(row["step"]), f"{row['train_loss']:.4f}", *(f"{row[m]:.2f}" for m in metrics), best)
+        per_task = row.get("tasks") or {parts.task.name: row}
+        names = list(dict.fromkeys(m for s in parts.evals for m in s.task.metric_names))
+        table = Table(title=f"validation @ step {row['step']} (train loss {row['train_loss']:.4f}, {best})",
+                      show_edge=False)
+        for col in ("task", *names):
+            table.add_column(col, justify="right")
+        for key, metrics in per_task.items():
+            table.add_row(key, *(f"{metrics[m]:.2f}" if m in metrics else "" for m in names))
+        if "avg" in row:
+            table.add_row("avg", f"{row['avg']:.2f}", *[""] * (len(names) - 1))
         self.console.print(table)
