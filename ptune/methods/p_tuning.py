@@ -1,0 +1,86 @@
+"""P-Tuning — Liu, Zheng, Du, Ding, Qian, Yang, Tang (2021), "GPT Understands, Too" (arXiv 2103.10385).
+
+P virtual tokens h_0..h_{P-1} are not trained directly: a prompt encoder maps trainable embeddings to
+them (Section 3.2, "h_i = MLP([LSTM(h_{0:i}), LSTM(h_{i:m})])"), and the encoded tokens are placed
+before the input embeddings of the frozen model. ``encoder`` chooses the encoder:
+
+* ``lstm`` (the paper's): Embedding(P, d) -> 2-layer bidirectional LSTM with h units per direction ->
+  Linear(2h, 2h) -> ReLU -> Linear(2h, d). Parameters, for d = hidden size, L = ``encoder_num_layers``:
+  ``P*d + 2*[4h*(d + h) + 8h] + (L - 1)*2*[4h*(2h + h) + 8h] + 2h*2h + 2h + 2h*d + d``
+  (each LSTM layer and direction: 4h x in and 4h x h weights, two 4h biases; in = d for the first
+  layer, 2h above it).
+* ``mlp`` (Hugging Face PEFT's variant, its recommended one): Embedding(P, d) -> Linear(d, h) -> ReLU ->
+  Linear(h, h) -> ReLU -> Linear(h, d). Parameters: ``P*d + d*h + h + h*h + h + h*d + d``.
+
+``encoder_hidden_size`` is h; null means the official code's choice for ``lstm``, h = d/2 per direction
+(so the LSTM's output is d wide, THUDM/P-tuning LAMA/p_tuning/prompt_encoder.py), and PEFT's default
+for ``mlp``, h = d. The module layout and names are PEFT's ``PromptEncoder`` (ptune/methods/hypernets.py),
+so the weights load into PEFT unchanged; tests/methods/test_p_tuning.py compares logits with PEFT.
+
+Deviations and choices:
+* Placement: the virtual tokens go before the input only (before [CLS] on BERT-family models by
+  default, as PEFT). The paper's templates interleave prompt tokens with the input (e.g.
+  ``[P_0..P_i] x [P_{i+1}..P_m] y``) and score a [MASK] with the MLM head (the cloze form); both need
+  backbone support (a split placement and an MLM scoring head) that ptune's backbones lack. On BERT the
+  backbone's classification head is trained alongside, as in P-Tuning v2's baselines.
+* The paper's anchor tokens (task-related real tokens kept in the template) are not used.
+* One prompt for all tasks: P-Tuning is not task-conditioned, so in a task mixture every task shares
+  the encoder's output; it is computed once per batch, whatever the batch's task ids.
+* At export the encoder is folded away: ``export`` returns the P x d tokens, a plain prompt_tuning
+  prompt (tests show the logits are identical).
+* Learning rate 1e-3: PEFT's P-Tuning examples' value (the paper's 1e-5 is for tuning the whole model
+  with the prompt); the tiny-model learnability test in tests/methods/test_method_contract.py
+  passes on tiny BERT with it (docs/methods.md, "Learnability on tiny backbones").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ptune.config import MethodConfig
+from ptune.errors import ConfigError
+from ptune.methods import register
+from ptune.methods.base import BackboneDims, Prompt, PromptMethod
+from ptune.methods.hypernets import ENCODERS, PromptEncoder, fp32
+
+
+@dataclass
+class PTuningConfig(MethodConfig):
+    name: str = "p_tuning"
+    num_virtual_tokens: int = 20
+    encoder: str = "lstm"  # lstm (the paper's) | mlp (PEFT's)
+    encoder_hidden_size: int | None = None  # null: lstm d/2 per direction (official code), mlp d (PEFT)
+    encoder_num_layers: int = 2  # lstm only
+    encoder_dropout: float = 0.0  # lstm only, between layers (PEFT's default)
+    lr: float = 1e-3
+
+    def check(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"method.encoder={self.encoder!r} is not valid; choose one of: {', '.join(ENCODERS)}")
+        if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:
+            raise ConfigError(f"method.encoder_hidden_size={self.encoder_hidden_size} must be >= 1 (or null)")
+        if self.encoder_num_layers < 1:
+            raise ConfigError(f"method.encoder_num_layers={self.encoder_num_layers} must be >= 1")
+        if not 0 <= self.encoder_dropout < 1:
+            raise ConfigError(f"method.encoder_dropout={self.encoder_dropout} must be in [0, 1)")
+
+
+def hidden_size(cfg: PTuningConfig, dims: BackboneDims) -> int:
+    if cfg.encoder_hidden_size is not None:
+        return cfg.encoder_hidden_size
+    return max(1, dims.hidden_size // 2) if cfg.encoder == "lstm" else dims.hidden_size
+
+
+@register("p_tuning", PTuningConfig)
+class PTuning(PromptMethod):
+    def __init__(self, cfg: PTuningConfig, dims: BackboneDims, label_words: list[list[str]]):
+        super().__init__(cfg, dims, label_words)
+        self.encoder = PromptEncoder(cfg.num_virtual_tokens, dims.hidden_size, cfg.encoder, hidden_size(cfg, dims),
+                                     cfg.encoder_num_layers, cfg.encoder_dropout)
+
+    def forward(self, task_ids: Tensor) -> Prompt:
+        with fp32(self.encoder.embedding.weight.device):
+            tokens = self.encoder()  # (1, P, d): once per batch
+        return Prompt(embeds=tokens.expand(len(task_ids), -1, -1))
