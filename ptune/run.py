@@ -151,7 +151,8 @@ def build(cfg: Config, *, train: bool = True, examples: dict[str, list] | None =
     if hasattr(backbone, "heads"):
         for head in backbone.heads.values():
             head.classifier.reset_parameters()
-    method = methods.build(cfg.method, backbone.dims(), [verbalizers(t) for t in run_tasks]).to(device)
+    infos = [methods.TaskInfo(t.name, verbalizers(t), tasks.DESCRIPTIONS.get(t.name, "")) for t in run_tasks]
+    method = methods.build(cfg.method, backbone.dims(), [i.label_words for i in infos], infos).to(device)
     tok, fam, m = backbone.tokenizer, cfg.model.family, cfg.model
 
     def feats(task_id: int, rows: list, split: str) -> Split:

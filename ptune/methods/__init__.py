@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ptune.config import METHOD_CONFIGS, MethodConfig
 from ptune.errors import unknown
-from ptune.methods.base import BackboneDims, PerTask, Prompt, PromptMethod
+from ptune.methods.base import BackboneDims, PerTask, Prompt, PromptMethod, TaskInfo
 
 METHODS: dict[str, type[PromptMethod]] = {}
 
@@ -20,7 +20,8 @@ def register(name: str, config_cls: type[MethodConfig]) -> Callable[[type[Prompt
     return wrap
 
 
-def build(cfg: MethodConfig, dims: BackboneDims, label_words: list[list[str]]) -> PromptMethod:
+def build(cfg: MethodConfig, dims: BackboneDims, label_words: list[list[str]],
+          tasks: list[TaskInfo] | None = None) -> PromptMethod:
     """Build the method named by ``cfg.name``; ``label_words`` holds each task's verbalizers (task id i
     is entry i). A method that is not task-aware shares one prompt across the tasks, or keeps one per
     task with ``method.per_task=true``."""
@@ -28,11 +29,11 @@ def build(cfg: MethodConfig, dims: BackboneDims, label_words: list[list[str]]) -
         raise unknown("method", cfg.name, METHODS)
     cls = METHODS[cfg.name]
     if getattr(cfg, "per_task", False) and not cls.task_aware and len(label_words) > 1:
-        return PerTask(cls, cfg, dims, label_words)
-    return cls(cfg, dims, label_words)
+        return PerTask(cls, cfg, dims, label_words, tasks)
+    return cls(cfg, dims, label_words, tasks)
 
 
 # import for registration (order = listing order)
 from ptune.methods import hyperprompt, p_tuning, p_tuning_v2, prefix_tuning, prompt_tuning, structured  # noqa: E402,F401
 
-__all__ = ["METHODS", "BackboneDims", "Prompt", "PromptMethod", "build", "register"]
+__all__ = ["METHODS", "BackboneDims", "Prompt", "PromptMethod", "TaskInfo", "build", "register"]

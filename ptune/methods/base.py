@@ -79,6 +79,15 @@ class BackboneDims:
     common_token_ids: Tensor  # ids of the most frequent ordinary tokens, most frequent first
 
 
+@dataclass
+class TaskInfo:
+    """What a method knows of a task of its run (task id = position in the run's list)."""
+
+    name: str
+    label_words: list[str]
+    description: str = ""  # a natural-language description (ptune.tasks.DESCRIPTIONS)
+
+
 class PromptMethod(nn.Module):
     """Base class: ``forward(task_ids) -> Prompt``; parameters are exactly what gets trained and saved.
 
@@ -88,10 +97,12 @@ class PromptMethod(nn.Module):
 
     task_aware = False
 
-    def __init__(self, cfg, dims: BackboneDims, label_words: list[list[str]]):
+    def __init__(self, cfg, dims: BackboneDims, label_words: list[list[str]], tasks: list[TaskInfo] | None = None):
         super().__init__()
         self.cfg = cfg
         self.dims = dims
+        # the run's tasks in task-id order; without names (direct construction), task<i> and its label words
+        self.tasks = list(tasks) if tasks else [TaskInfo(f"task{i}", list(w)) for i, w in enumerate(label_words)]
 
     def forward(self, task_ids: Tensor) -> Prompt:
         raise NotImplementedError
@@ -116,9 +127,10 @@ class PerTask(PromptMethod):
     its task, so a one-task batch (ptune's mixtures draw those) costs one copy's forward.
     """
 
-    def __init__(self, cls: type[PromptMethod], cfg, dims: BackboneDims, label_words: list[list[str]]):
-        super().__init__(cfg, dims, label_words)
-        self.copies = nn.ModuleList([cls(cfg, dims, [words]) for words in label_words])
+    def __init__(self, cls: type[PromptMethod], cfg, dims: BackboneDims, label_words: list[list[str]],
+                 tasks: list[TaskInfo] | None = None):
+        super().__init__(cfg, dims, label_words, tasks)
+        self.copies = nn.ModuleList([cls(cfg, dims, [t.label_words], [t]) for t in self.tasks])
 
     def forward(self, task_ids: Tensor) -> Prompt:
         groups = []

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from ptune.config import MethodConfig
 from ptune.errors import ConfigError
 from ptune.methods import register
-from ptune.methods.base import BackboneDims, KeysValues, Prompt, PromptMethod
+from ptune.methods.base import BackboneDims, KeysValues, Prompt, PromptMethod, TaskInfo
 from ptune.methods.hypernets import (
     BottleneckGenerator,
     LayerAwareTaskEmbedding,
@@ -117,8 +117,10 @@ def uniform_(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
 
 @register("hyperprompt", HyperPromptConfig)
 class HyperPrompt(PromptMethod):
-    def __init__(self, cfg: HyperPromptConfig, dims: BackboneDims, label_words: list[list[str]]):
-        super().__init__(cfg, dims, label_words)
+    task_aware = True
+    def __init__(self, cfg: HyperPromptConfig, dims: BackboneDims, label_words: list[list[str]],
+                 tasks: list[TaskInfo] | None = None):
+        super().__init__(cfg, dims, label_words, tasks)
         self.num_tasks = max(1, len(label_words))
         self.encoder_layers, self.decoder_layers = prompted_layers(cfg, dims)
         m = self.encoder_layers + self.decoder_layers

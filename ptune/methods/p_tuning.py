@@ -42,7 +42,7 @@ from torch import Tensor
 from ptune.config import MethodConfig
 from ptune.errors import ConfigError
 from ptune.methods import register
-from ptune.methods.base import BackboneDims, Prompt, PromptMethod
+from ptune.methods.base import BackboneDims, Prompt, PromptMethod, TaskInfo
 from ptune.methods.hypernets import ENCODERS, PromptEncoder, fp32
 
 
@@ -75,8 +75,9 @@ def hidden_size(cfg: PTuningConfig, dims: BackboneDims) -> int:
 
 @register("p_tuning", PTuningConfig)
 class PTuning(PromptMethod):
-    def __init__(self, cfg: PTuningConfig, dims: BackboneDims, label_words: list[list[str]]):
-        super().__init__(cfg, dims, label_words)
+    def __init__(self, cfg: PTuningConfig, dims: BackboneDims, label_words: list[list[str]],
+                 tasks: list[TaskInfo] | None = None):
+        super().__init__(cfg, dims, label_words, tasks)
         self.encoder = PromptEncoder(cfg.num_virtual_tokens, dims.hidden_size, cfg.encoder, hidden_size(cfg, dims),
                                      cfg.encoder_num_layers, cfg.encoder_dropout)
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ptune.config import MethodConfig
 from ptune.errors import ConfigError
 from ptune.methods import register
-from ptune.methods.base import BackboneDims, Prompt, PromptMethod, kv_from_flat
+from ptune.methods.base import BackboneDims, Prompt, PromptMethod, TaskInfo, kv_from_flat
 
 
 @dataclass
@@ -64,8 +64,9 @@ class PrefixEncoder(nn.Module):
 
 @register("p_tuning_v2", PTuningV2Config)
 class PTuningV2(PromptMethod):
-    def __init__(self, cfg: PTuningV2Config, dims: BackboneDims, label_words: list[list[str]]):
-        super().__init__(cfg, dims, label_words)
+    def __init__(self, cfg: PTuningV2Config, dims: BackboneDims, label_words: list[list[str]],
+                 tasks: list[TaskInfo] | None = None):
+        super().__init__(cfg, dims, label_words, tasks)
         self.layers = dims.num_layers + dims.decoder_layers
         out_dim = self.layers * 2 * dims.num_heads * dims.head_dim
         self.encoder = PrefixEncoder(

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ptune.config import MethodConfig
 from ptune.errors import ConfigError
 from ptune.methods import register
-from ptune.methods.base import BackboneDims, Prompt, PromptMethod
+from ptune.methods.base import BackboneDims, Prompt, PromptMethod, TaskInfo
 
 INITS = ("random_uniform", "vocab_sample", "class_labels", "text", "random_normal")
 
@@ -73,8 +73,9 @@ def initial_prompt(cfg: PromptTuningConfig, dims: BackboneDims, label_words: lis
 
 @register("prompt_tuning", PromptTuningConfig)
 class PromptTuning(PromptMethod):
-    def __init__(self, cfg: PromptTuningConfig, dims: BackboneDims, label_words: list[list[str]]):
-        super().__init__(cfg, dims, label_words)
+    def __init__(self, cfg: PromptTuningConfig, dims: BackboneDims, label_words: list[list[str]],
+                 tasks: list[TaskInfo] | None = None):
+        super().__init__(cfg, dims, label_words, tasks)
         self.prompt = nn.Parameter(initial_prompt(cfg, dims, label_words))
 
     def forward(self, task_ids: Tensor) -> Prompt:

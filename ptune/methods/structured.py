@@ -22,9 +22,10 @@ Choices where the paper leaves them open (ptune's, checkable against the paper):
 * Task embedding initialisation, ``init``:
   - ``random``: N(0, 1), as hyperformer initialises its task embeddings.
   - ``description``: the mean of the frozen word embeddings of a natural-language description of each
-    task: ``method.task_descriptions`` (one string per task, in task-id order) if given, else one
-    derived from the task's label words, ``"negative or positive"`` for SST-2 (a task without label
-    words, STS-B or ReCoRD, needs an explicit description).
+    task: ``method.task_descriptions`` (one string per task, in task-id order) if given, else the
+    task's own description from ptune's task catalogue (``ptune.tasks.DESCRIPTIONS``, e.g. SST-2: "Is the
+    sentiment of this movie review sentence positive or negative?"), else, for a method built outside a
+    run, one derived from the label words, ``"negative or positive"``.
 * The generator's layers use PyTorch's default ``nn.Linear`` initialisation; the MLP's activation is
   ReLU (HyperPrompt's hypernetworks use it too; the paper does not fix one here).
 * Generation: once per distinct task id in the batch, in fp32 even under bf16 autocast; rows index into
@@ -45,7 +46,7 @@ from torch import Tensor
 from ptune.config import MethodConfig
 from ptune.errors import ConfigError
 from ptune.methods import register
-from ptune.methods.base import BackboneDims, Prompt, PromptMethod
+from ptune.methods.base import BackboneDims, Prompt, PromptMethod, TaskInfo
 from ptune.methods.hypernets import (
     GENERATORS,
     Generator,
@@ -84,23 +85,23 @@ class StructuredConfig(MethodConfig):
             raise ConfigError(f"method.task_embedding_dim={self.task_embedding_dim} must be >= 1 (or null)")
 
 
-def descriptions(cfg: StructuredConfig, label_words: list[list[str]]) -> list[str]:
-    """One description per task: the configured ones, else derived from each task's label words."""
+def descriptions(cfg: StructuredConfig, tasks: list[TaskInfo]) -> list[str]:
+    """One description per task: the configured ones, else each task's own, else its label words."""
     if cfg.task_descriptions is not None:
-        if len(cfg.task_descriptions) != len(label_words):
+        if len(cfg.task_descriptions) != len(tasks):
             raise ConfigError(f"method.task_descriptions has {len(cfg.task_descriptions)} entries; this run has "
-                              f"{len(label_words)} task(s), one description each")
+                              f"{len(tasks)} task(s), one description each")
         return list(cfg.task_descriptions)
     out = []
-    for i, words in enumerate(label_words):
-        if not words:
-            raise ConfigError(f"method.init=description: task {i} has no label words to describe it; "
+    for task in tasks:
+        if not task.description and not task.label_words:
+            raise ConfigError(f"method.init=description: task {task.name!r} has no description or label words; "
                               "set method.task_descriptions=['...']")
-        out.append(" or ".join(words))
+        out.append(task.description or " or ".join(task.label_words))
     return out
 
 
-def initial_task_embeddings(cfg: StructuredConfig, dims: BackboneDims, label_words: list[list[str]],
+def initial_task_embeddings(cfg: StructuredConfig, dims: BackboneDims, tasks: list[TaskInfo],
                             dim: int) -> Tensor | None:
     if cfg.init == "random":
         return None
@@ -108,7 +109,7 @@ def initial_task_embeddings(cfg: StructuredConfig, dims: BackboneDims, label_wor
         raise ConfigError(f"method.init=description makes task embeddings of the backbone's hidden size "
                           f"{dims.hidden_size}; method.task_embedding_dim={dim} differs (set it to null)")
     rows = []
-    for text in descriptions(cfg, label_words):
+    for text in descriptions(cfg, tasks):
         try:
             rows.append(text_embedding(text, dims.word_embeddings, dims.tokenize))
         except ValueError as err:
@@ -118,10 +119,12 @@ def initial_task_embeddings(cfg: StructuredConfig, dims: BackboneDims, label_wor
 
 @register("structured", StructuredConfig)
 class StructuredPromptTuning(PromptMethod):
-    def __init__(self, cfg: StructuredConfig, dims: BackboneDims, label_words: list[list[str]]):
-        super().__init__(cfg, dims, label_words)
+    task_aware = True
+    def __init__(self, cfg: StructuredConfig, dims: BackboneDims, label_words: list[list[str]],
+                 tasks: list[TaskInfo] | None = None):
+        super().__init__(cfg, dims, label_words, tasks)
         dim = cfg.task_embedding_dim or dims.hidden_size
-        init = initial_task_embeddings(cfg, dims, label_words, dim)
+        init = initial_task_embeddings(cfg, dims, self.tasks, dim)
         self.task_embeddings = TaskEmbeddings(max(1, len(label_words)), dim, init)
         self.generator = Generator(dim, cfg.num_virtual_tokens * dims.hidden_size, cfg.hypernetwork, cfg.rank,
                                    cfg.hidden_size)

@@ -100,7 +100,7 @@ def test_description_init_derives_a_description_from_the_label_words():
 
 @pytest.mark.parametrize("cfg,label_words,message", [
     (dict(init="description", task_descriptions=["one"]), [["a"], ["b"]], "has 1 entries"),
-    (dict(init="description"), [[]], "no label words"),
+    (dict(init="description"), [[]], "no description or label words"),
     (dict(init="description", task_embedding_dim=8), [["a"]], "task_embedding_dim=8"),
 ])
 def test_description_init_mistakes_are_one_line_config_errors(cfg, label_words, message):

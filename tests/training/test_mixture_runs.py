@@ -106,3 +106,20 @@ def test_a_mixture_with_missing_data_fails_in_one_line_before_the_model_loads(tm
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "no data for 6 of the 8 tasks (cola, sst2, mrpc, stsb, qnli, rte)" in err and str(FIXTURE_DATA) in err
+
+
+def test_methods_learn_the_runs_tasks_by_name_words_and_description(tmp_path):
+    from ptune.tasks import DESCRIPTIONS, TASKS
+
+    assert set(DESCRIPTIONS) == set(TASKS) and all(DESCRIPTIONS.values())
+    parts = run.build(load(["model=tiny-bert", "method=structured", "method.init=description", *MIX,
+                            f"run_dir={tmp_path / 'run'}"]))
+    assert [t.name for t in parts.method.tasks] == ["mnli", "qqp"]
+    assert parts.method.tasks[1].label_words == ["not duplicate", "duplicate"]
+    assert parts.method.tasks[0].description == DESCRIPTIONS["mnli"]
+    # task-aware methods condition on the id themselves: per_task does not wrap them
+    from ptune.methods.base import PerTask
+
+    aware = run.build(load(["model=tiny-bert", "method=hyperprompt", "method.per_task=true", *MIX,
+                            f"run_dir={tmp_path / 'run2'}"]))
+    assert not isinstance(aware.method, PerTask)
