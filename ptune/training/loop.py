@@ -2,7 +2,7 @@
 
 Ours rather than a library's because checkpoints hold only the trainable parameters, training state
 must resume bit-exactly (optimizer, scheduler, RNG, data position, early stopping), and task mixtures
-will need their own sampling.
+draw one-task batches by their own sampling rule (ptune/tasks/mixture.py).
 """
 
 from __future__ import annotations
