@@ -128,7 +128,7 @@ def cmd_eval(overrides: list[str]) -> int:
     for key, m in per_task.items():
         ref = stored_tasks.get(key, {})
         console.print(f"{key} @ step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items()) +
-                      "".join(f"  (stored {k} {ref[k]:.2f})" for k in m if k in ref)[:80])
+                      "".join(f"  (stored {k} {ref[k]:.2f})" for k in m if k in ref))
     if "avg" in metrics and not only:
         console.print(f"avg {metrics['avg']:.2f}" + (f"  (stored {stored['avg']:.2f})" if "avg" in stored else ""))
     if len(parts.tasks) == 1:

@@ -334,6 +334,19 @@ def to_config(raw: DictConfig) -> Config:
     return validate(cfg)
 
 
+def saved_task_label(raw: DictConfig) -> str:
+    """The task name of a saved (untyped) config as in its folder name: ``rte``, ``glue``, ``rte+mrpc``;
+    run folders from before mixtures hold ``task.name``."""
+    from ptune.tasks import mixture_name
+
+    task = OmegaConf.select(raw, "task")
+    if task is None:
+        return "?"
+    if isinstance(OmegaConf.select(raw, "task.name"), str):
+        return str(task.name)
+    return mixture_name([str(k) for k in task])
+
+
 def _lookup(raw: DictConfig, key: str):
     try:
         return OmegaConf.select(raw, key)

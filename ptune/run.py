@@ -20,7 +20,7 @@ from rich.console import Console
 
 from ptune import backbones, methods, tasks
 from ptune.backbones.base import Backbone
-from ptune.config import Config, to_config
+from ptune.config import Config, saved_task_label, to_config
 from ptune.errors import CheckpointError, ConfigError, DataError
 from ptune.methods.base import PromptMethod
 from ptune.tasks import mixture
@@ -245,7 +245,7 @@ def check_run_folder(cfg: Config, run_dir: Path) -> None:
     if not cfg.resume:
         raise ConfigError(f"run folder {run_dir} already exists; use resume=true to continue it or another run_dir=")
     old, new = OmegaConf.load(saved), OmegaConf.structured(cfg)
-    old_tasks = to_config(old).task_label if "task" in old else "?"
+    old_tasks = saved_task_label(old)
     for key, before, now in (*((k, OmegaConf.select(old, k), OmegaConf.select(new, k))
                                 for k in ("method.name", "model.name", "seed")), ("task", old_tasks, cfg.task_label)):
         if str(before) != str(now):

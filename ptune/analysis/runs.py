@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ptune.config import saved_task_label
 from ptune.errors import ConfigError
 
 SKIP = {".hydra", ".submitit", "state"}
@@ -82,23 +83,11 @@ def failed_jobs(record: Path) -> dict[Path, dict]:
     return out
 
 
-def task_label(cfg) -> str:
-    """The run's task name as in its folder name (``rte``, ``glue``, ``rte+mrpc``); older folders: task.name."""
-    from ptune.tasks import mixture_name
-
-    task = OmegaConf.select(cfg, "task")
-    if task is None:
-        return "?"
-    if isinstance(OmegaConf.select(cfg, "task.name"), str):
-        return str(task.name)
-    return mixture_name([str(k) for k in task])
-
-
 def read_run(folder: Path, failed: dict | None) -> Run:
     cfg = OmegaConf.load(folder / "config.yaml")
     get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
     run = Run(folder=folder.resolve(), status="unfinished", method=str(get("method.name", "?")),
-              task=task_label(cfg), model=str(get("model.name", "?")), seed=get("seed"),
+              task=saved_task_label(cfg), model=str(get("model.name", "?")), seed=get("seed"),
               max_steps=get("trainer.max_steps"), paper_source=get("paper.source"))
     base = f"{run.method}-{run.task}-{run.model}-s{run.seed}"
     run.variant = folder.name[len(base):].lstrip("-") if folder.name.startswith(base) else ""
