@@ -3,7 +3,7 @@
     ptune train method=p_tuning_v2 model=minilm task=sst2 trainer.max_steps=300
     ptune train -m method=prompt_tuning,p_tuning_v2 task=rte,stsb seed=1,2,3    # a grid, one job each
     ptune eval run=outputs/<run>
-    ptune describe method=prompt_tuning task=rte     # the resolved config, nothing loaded
+    ptune describe method=prompt_tuning task=rte     # the resolved config, parameter counts; no weights read
     ptune table multirun/<sweep>                     # mean ± std over seeds, Markdown and CSV
     ptune plot multirun/<sweep>                      # learning curves, PNG
 
@@ -37,7 +37,8 @@ commands:
              (a Hydra app: ptune train --help, --cfg job, --info, hydra/launcher=joblib|submitit_slurm,
              hydra/sweeper=optuna)
   eval       re-score a saved run:        ptune eval run=outputs/<run> [data.root=...]
-  describe   print the resolved config (nothing is loaded or trained)
+  describe   the resolved config, then the method's trainable parameters (share of the backbone) and
+             what it injects where; no weights are read:  ptune describe method=hyperprompt model=t5-base
   table      sweep or run folders -> methods x tasks, mean ± std over seeds (n), paper numbers beside
              ours; prints it, writes Markdown and CSV:   ptune table multirun/<sweep> [-o results/table]
   plot       sweep or run folders -> learning curves (validation metric, training loss; a band for
@@ -142,7 +143,15 @@ def cmd_eval(overrides: list[str]) -> int:
 
 
 def cmd_describe(overrides: list[str]) -> int:
-    print(OmegaConf.to_yaml(OmegaConf.structured(load(overrides))), end="")
+    """The resolved config, then (as YAML comments) the method's parameter counts and injection sites."""
+    from ptune import describe
+
+    cfg = load(overrides)
+    print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+    try:
+        print(describe.comment(describe.summary(cfg)), end="")
+    except PtuneError as err:  # no config or tokenizer for the model here: the config alone is still useful
+        print(f"# parameter counts need the model's config and tokenizer: {err}")
     return 0
 
 

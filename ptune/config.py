@@ -48,6 +48,11 @@ class ModelConfig:
     attn_implementation: str = "auto"  # auto | eager | sdpa
     prompt_position: str = "start"  # bert only: start (before [CLS], as PEFT) | after_cls
     trust_remote_code: bool = False
+    # train the backbone's body too (method=model_tuning; or any method, as HyperPrompt's paper does): the
+    # body is kept in fp32 (master weights; bf16 through autocast) and the checkpoint holds the whole model.
+    # null: true for model_tuning, else false
+    trainable: bool | None = None
+    lr: float | None = None  # model.trainable: the body's learning rate; null: the run's lr
 
 
 @dataclass
@@ -163,6 +168,7 @@ CHOICES = {
 # (key, predicate, what must hold): ranges checked before anything is loaded
 RANGES: list[tuple[str, Any, str]] = [
     ("method.num_virtual_tokens", lambda v: v >= 1, "must be >= 1"),
+    ("model.lr", lambda v: v is None or v > 0, "must be > 0"),
     ("method.lr", lambda v: v > 0, "must be > 0"),
     ("optimizer.lr", lambda v: v is None or v > 0, "must be > 0"),
     ("optimizer.weight_decay", lambda v: v >= 0, "must be >= 0"),
@@ -196,7 +202,18 @@ def validate(cfg: Config) -> Config:
         value = lookup(cfg, key)
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
+    trains_body = getattr(cfg.method, "trains_body", False)  # model_tuning: the body is what trains
+    if cfg.model.trainable is None:
+        cfg.model.trainable = trains_body
+    elif trains_body and not cfg.model.trainable:
+        raise ConfigError(f"method={cfg.method.name} trains the backbone; model.trainable=false contradicts it "
+                          "(drop it, or choose a prompt method)")
+    if cfg.model.lr is not None and not cfg.model.trainable:
+        raise ConfigError(f"model.lr={cfg.model.lr} sets the body's learning rate, but the body is frozen; "
+                          "add model.trainable=true or drop model.lr")
     for key, ok, rule in RANGES:
+        if trains_body and key == "method.num_virtual_tokens":
+            continue
         try:
             value = lookup(cfg, key)
         except AttributeError:

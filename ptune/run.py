@@ -1,6 +1,6 @@
 """Build the parts of a run from a config, and own the run folder.
 
-    outputs/<run>/  config.yaml  prompt.safetensors  state/  metrics.jsonl  results.json
+    outputs/<run>/  config.yaml  prompt.safetensors  folded.safetensors  state/  metrics.jsonl  results.json
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from ptune.tasks.collate import Split, featurize
 from ptune.tasks.data import check_labels, resolve_root
 from ptune.training import checkpoint as ckpt
 from ptune.training.loop import fit
+
+FOLDED = "folded.safetensors"
 
 
 @dataclass
@@ -79,11 +81,26 @@ class Parts:
         return self.backbone.tokenizer.pad_token_id
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        return {"method": self.method, "head": getattr(self.backbone, "heads", torch.nn.ModuleDict())}
+        """The parts that train and are saved: the method, the task heads and, with ``model.trainable``, the
+        body (checkpoint keys ``method.*``, ``head.*``, ``body.*``)."""
+        modules = {"method": self.method, "head": getattr(self.backbone, "heads", torch.nn.ModuleDict())}
+        if self.cfg.model.trainable:
+            modules["body"] = self.backbone.model
+        return modules
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        """What the optimizer sees: the method's and the heads' parameters, never the frozen body."""
-        return [p for m in self.trainable_modules().values() for p in m.parameters() if p.requires_grad]
+        """What the optimizer sees: the method's and the heads' parameters; the body's only when it trains."""
+        return [p for g in self.param_groups() for p in g["params"]]
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups: one at the run's lr; with ``model.lr`` set, a trainable body in its own group."""
+        split = self.cfg.model.lr is not None
+        groups: dict[str, list] = {}
+        for part, module in self.trainable_modules().items():
+            key = "body" if split and part == "body" else "prompt"
+            groups.setdefault(key, []).extend(p for p in module.parameters() if p.requires_grad)
+        return [{"params": ps, "lr": self.cfg.model.lr if key == "body" else self.cfg.lr}
+                for key, ps in groups.items() if ps]
 
     def metadata(self) -> dict[str, str]:
         c = self.cfg
@@ -91,8 +108,23 @@ class Parts:
                 "family": c.model.family, "task": c.task_label}
 
     def save_prompt(self, path: Path, step: int) -> None:
+        """The trainable parameters to ``path`` and, beside it, the folded form (``folded.safetensors``)."""
         meta = dict(self.metadata(), step=str(step))
         ckpt.atomic_save_tensors(path, ckpt.trainable_state(self.trainable_modules()), meta)
+        self.save_folded(path.with_name(FOLDED), meta)
+
+    def save_folded(self, path: Path, meta: dict[str, str]) -> None:
+        """Each task's plain prompt (``export`` over task ids 0..T-1: row t is task t's soft tokens or
+        per-layer keys/values), with encoders and hypernetworks evaluated away; ``methods.base.Folded``
+        serves it. Nothing is written for a method without a prompt (model_tuning)."""
+        was_training = self.method.training
+        self.method.eval()
+        try:
+            tensors = self.method.export(torch.arange(len(self.tasks), device=self.device))
+        finally:
+            self.method.train(was_training)
+        if tensors:
+            ckpt.atomic_save_tensors(path, tensors, dict(meta, tasks=",".join(t.name for t in self.tasks)))
 
     def load_prompt(self, path: Path) -> int:
         tensors, meta = ckpt.read_tensors(path)
@@ -104,7 +136,7 @@ class Parts:
 
     def parameter_counts(self) -> dict[str, int]:
         trainable = sum(p.numel() for p in ckpt.trainable_state(self.trainable_modules()).values())
-        frozen = sum(p.numel() for p in self.backbone.model.parameters())
+        frozen = sum(p.numel() for p in self.backbone.model.parameters() if not p.requires_grad)
         return {"trainable_params": trainable, "total_params": trainable + frozen}
 
 

@@ -52,7 +52,8 @@ def test_a_single_run_writes_its_run_folder_and_nothing_else(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]  # no outputs/<date>/, .hydra/, *.log
     run = tmp_path / "outputs" / "prompt_tuning-rte-tiny-bert-s3"
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == [run.name]
-    assert {"config.yaml", "results.json", "metrics.jsonl", "prompt.safetensors", "state"} == {
+    assert {"config.yaml", "results.json", "metrics.jsonl", "prompt.safetensors", "folded.safetensors",
+            "state"} == {
         p.name for p in run.iterdir()}
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"] == "outputs/" + run.name
 

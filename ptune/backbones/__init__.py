@@ -77,7 +77,8 @@ def _load_model(cfg: ModelConfig, dtype: torch.dtype, attn: str):
 def load(
     cfg: ModelConfig, tasks: list[Task], precision: str = "fp32", device: torch.device | None = None
 ) -> Backbone:
-    """Load, freeze and place the backbone; the frozen body is stored in the run's precision."""
+    """Load, freeze and place the backbone; the frozen body is stored in the run's precision. With
+    ``model.trainable`` the body trains and keeps fp32 master weights (the loop runs it under autocast)."""
     if cfg.family not in BUILDERS:
         raise unknown("model family", cfg.family, BUILDERS)
     device = device or torch.device("cpu")
@@ -85,11 +86,37 @@ def load(
     attn = attention.implementation(attn_implementation(cfg, device, precision))  # deep prompts' entry
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_id or cfg.hf_id)
-        model = _load_model(cfg, DTYPES[precision], attn)
+        model = _load_model(cfg, torch.float32 if cfg.trainable else DTYPES[precision], attn)
     except OSError as err:
         raise _not_found(cfg, err) from None
     backbone = BUILDERS[cfg.family](model, tokenizer, tasks, cfg)
+    if cfg.trainable:
+        backbone.model.requires_grad_(True)
     return backbone.to(device)
+
+
+def skeleton(cfg: ModelConfig, tasks: list[Task]) -> tuple[Backbone, int]:
+    """The backbone's shapes without its weights, for ``ptune describe``: the body is built from its config on
+    the meta device (nothing allocated, no weights read); only the word embeddings are real (random), for
+    methods that initialise from them. Returns the backbone and the body's parameter count."""
+    if cfg.family not in BUILDERS:
+        raise unknown("model family", cfg.family, BUILDERS)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_id or cfg.hf_id)
+        config = _model_config(cfg)
+    except OSError as err:
+        raise _not_found(cfg, err) from None
+    if cfg.family == "bert":
+        config.add_pooling_layer = True
+    with torch.device("meta"):
+        model = T5ForConditionalGeneration(config) if cfg.family == "t5" else AutoModel.from_config(config)
+    body = sum(p.numel() for p in model.parameters())  # before the swap below unties T5's lm_head
+    emb = model.get_input_embeddings()
+    emb.weight = torch.nn.Parameter(torch.randn(emb.weight.shape) * 0.02)
+    backbone = BUILDERS[cfg.family](model, tokenizer, tasks, cfg)
+    if cfg.trainable:
+        backbone.model.requires_grad_(True)
+    return backbone, body
 
 
 BUILDERS: dict[str, Callable[..., Backbone]] = {
@@ -99,4 +126,4 @@ BUILDERS: dict[str, Callable[..., Backbone]] = {
     "t5": lambda model, tok, tasks, cfg: T5Backbone(model, tok),
 }
 
-__all__ = ["Backbone", "Output", "load", "attn_implementation"]
+__all__ = ["Backbone", "Output", "load", "skeleton", "attn_implementation"]

@@ -34,6 +34,14 @@ def build(cfg: MethodConfig, dims: BackboneDims, label_words: list[list[str]],
 
 
 # import for registration (order = listing order)
-from ptune.methods import hyperprompt, p_tuning, p_tuning_v2, prefix_tuning, prompt_tuning, structured  # noqa: E402,F401
+from ptune.methods import (  # noqa: E402,F401
+    hyperprompt,
+    model_tuning,
+    p_tuning,
+    p_tuning_v2,
+    prefix_tuning,
+    prompt_tuning,
+    structured,
+)
 
 __all__ = ["METHODS", "BackboneDims", "Prompt", "PromptMethod", "TaskInfo", "build", "register"]

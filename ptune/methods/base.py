@@ -120,6 +120,28 @@ class PromptMethod(nn.Module):
         return out
 
 
+class Folded(PromptMethod):
+    """A method's folded form (``export`` over task ids 0..T-1, as every run writes it to
+    ``folded.safetensors``) served as a method: row i gets task ``task_ids[i]``'s plain prompt. No
+    parameters; encoders and hypernetworks are gone, so it gives the trained method's logits exactly."""
+
+    task_aware = True
+
+    def __init__(self, tensors: dict[str, Tensor]):
+        super().__init__(None, None, [[]])
+        self.tensors = dict(tensors)
+
+    def forward(self, task_ids: Tensor) -> Prompt:
+        t = self.tensors
+
+        def stack(name: str) -> KeysValues | None:
+            n = sum(1 for k in t if k.startswith(f"{name}.") and k.endswith(".key"))
+            return [(t[f"{name}.{i}.key"][task_ids], t[f"{name}.{i}.value"][task_ids]) for i in range(n)] or None
+
+        embeds = t["embeds"][task_ids] if "embeds" in t else None
+        return Prompt(embeds, stack("encoder"), stack("decoder"))
+
+
 class PerTask(PromptMethod):
     """``method.per_task=true`` for a method that is not task-aware: one copy of it per task.
 

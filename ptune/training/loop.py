@@ -48,9 +48,15 @@ def catch_signals(flag: dict):
 
 
 def amp_context(parts):
+    """CUDA: autocast for bf16 / fp16. CPU: a frozen body is stored in bf16 itself, so no autocast; a
+    trainable body keeps fp32 master weights and runs under bf16 autocast."""
     p = parts.cfg.trainer.precision
-    if parts.device.type == "cuda" and p != "fp32":
+    if p == "fp32":
+        return nullcontext()
+    if parts.device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+    if parts.cfg.model.trainable and p == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -112,7 +118,7 @@ def fit(parts, console: Console | None = None) -> dict:
     tcfg = cfg.trainer
     modules = parts.trainable_modules()
     params = parts.trainable_parameters()
-    optimizer = build_optimizer(cfg.optimizer, params, cfg.lr, parts.device)
+    optimizer = build_optimizer(cfg.optimizer, parts.param_groups(), cfg.lr, parts.device)
     scheduler = build_scheduler(cfg.optimizer, optimizer, tcfg.max_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=parts.device.type == "cuda" and tcfg.precision == "fp16")
     stopper = EarlyStopping(tcfg.patience)

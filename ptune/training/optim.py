@@ -10,8 +10,9 @@ from ptune.config import OptimizerConfig
 from ptune.errors import unknown
 
 
-def build_optimizer(cfg: OptimizerConfig, params: list[torch.nn.Parameter], lr: float,
+def build_optimizer(cfg: OptimizerConfig, params: list[torch.nn.Parameter] | list[dict], lr: float,
                     device: torch.device) -> torch.optim.Optimizer:
+    """``params``: parameters, or groups (``{"params": [...], "lr": ...}``) whose own lr overrides ``lr``."""
     if cfg.name == "adamw":
         return torch.optim.AdamW(
             params, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,

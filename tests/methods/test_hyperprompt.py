@@ -19,6 +19,7 @@ CFG = dict(num_virtual_tokens=7, bottleneck=3, task_embedding_dim=4, layer_embed
 
 def build(variant: str, tasks: int = 2, decoder_layers: int = 2, **kw):
     cfg = HyperPromptConfig(variant=variant, **{**CFG, **kw})
+    torch.manual_seed(0)  # the same weights whatever ran before
     return methods.build(cfg, small_dims(decoder_layers), [["a", "b"]] * tasks)
 
 
@@ -111,7 +112,7 @@ def test_hyper_prompts_are_generated_once_per_distinct_task_in_a_batch(variant, 
     per = {t: layer_prompts(model, t) for t in (0, 1)}
     for row, t in enumerate(ids.tolist()):
         for m, (k, v) in enumerate(mixed.keys_values + mixed.decoder_keys_values):
-            assert torch.allclose(k[row], per[t][m][0], atol=1e-6) and torch.allclose(v[row], per[t][m][1], atol=1e-6)
+            assert torch.allclose(k[row], per[t][m][0], atol=1e-5) and torch.allclose(v[row], per[t][m][1], atol=1e-5)
     seen.clear()
     model(torch.zeros(32, dtype=torch.long))
     assert seen[-1] == 1

@@ -24,7 +24,7 @@ def count(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("name", sorted(methods.METHODS))
+@pytest.mark.parametrize("name", sorted(set(methods.METHODS) - {"model_tuning"}))  # no prompt: test_model_tuning.py
 @pytest.mark.parametrize("decoder_layers", [0, 2])
 def test_every_method_gives_a_prompt_of_the_right_shape(name, decoder_layers):
     cfg = METHOD_CONFIGS[name](num_virtual_tokens=7)
@@ -40,6 +40,12 @@ def test_every_method_gives_a_prompt_of_the_right_shape(name, decoder_layers):
             assert len(p.decoder_keys_values) == decoder_layers
     assert p.embeds is not None or p.keys_values is not None
     assert count(m) > 0
+
+
+def test_model_tuning_places_no_prompt_and_has_no_parameters_of_its_own():
+    m = methods.build(METHOD_CONFIGS["model_tuning"](), dims(2), [["negative", "positive"]])
+    p = m(torch.zeros(3, dtype=torch.long))
+    assert (p.embeds, p.keys_values, p.decoder_keys_values) == (None, None, None) and count(m) == 0
 
 
 def test_parameter_counts_follow_the_papers():
