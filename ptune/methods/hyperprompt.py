@@ -30,8 +30,9 @@ BERT-base), l = ``num_virtual_tokens``:
 
 Choices where the paper leaves them open, or where ptune deviates (checkable against the paper):
 
-* **Frozen backbone.** The paper trains the whole model with the hyper-prompts; here only the
-  HyperPrompt parameters (and BERT's task heads) train. Model tuning is out of this module's scope.
+* **Frozen backbone by default.** The paper trains the whole model with the hyper-prompts;
+  ``model.trainable=true`` does that (the body in fp32, ``model.lr`` for its own rate). By default only
+  the HyperPrompt parameters (and BERT's task heads) train.
 * **Stacks** (``stacks``): ``both`` (default) prompts every self-attention layer the backbone has: T5's
   encoder and decoder self-attention (never cross-attention), BERT's self-attention; ``encoder`` or
   ``decoder`` limits it to one T5 stack (``decoder`` on an encoder-only model is an error). Prompted

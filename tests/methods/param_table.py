@@ -21,6 +21,7 @@ ROWS = [  # (method, options)
     ("p_tuning", {}), ("p_tuning", {"encoder": "mlp"}),
     ("structured", {}), ("structured", {"hypernetwork": "linear"}), ("structured", {"hypernetwork": "mlp"}),
     ("hyperprompt", {}), ("hyperprompt", {"variant": "share"}), ("hyperprompt", {"variant": "sep"}),
+    ("model_tuning", {}),
 ]
 TASKS = (1, 8)  # one task; the eight GLUE tasks trained together (HyperPrompt's multi-task setting)
 
@@ -50,6 +51,8 @@ def trainable(method: str, options: dict, backbone: str, tasks: int) -> int:
     from ptune import methods
     from ptune.config import METHOD_CONFIGS
 
+    if getattr(METHOD_CONFIGS[method], "trains_body", False):  # model_tuning: the whole body, no prompt
+        return backbone_size(backbone)
     torch.manual_seed(0)
     m = methods.build(METHOD_CONFIGS[method](**options), dims(backbone), [["no", "yes"]] * tasks)
     return sum(p.numel() for p in m.parameters() if p.requires_grad)
