@@ -47,6 +47,9 @@ class ModelConfig:
     dropout: float | None = None  # null: the model's own dropout
     attn_implementation: str = "auto"  # auto | eager | sdpa
     prompt_position: str = "start"  # bert only: start (before [CLS], as PEFT) | after_cls
+    # bert only: classifier (a trained head on the pooled first token) | mlm (the cloze form: a [MASK] before
+    # the final [SEP], scored by the frozen masked-LM head's logits of each label word; P-Tuning's form)
+    head: str = "classifier"
     trust_remote_code: bool = False
     # train the backbone's body too (method=model_tuning; or any method, as HyperPrompt's paper does): the
     # body is kept in fp32 (master weights; bf16 through autocast) and the checkpoint holds the whole model.
@@ -159,6 +162,7 @@ CHOICES = {
     "model.family": ("bert", "t5"),
     "model.attn_implementation": ("auto", "eager", "sdpa"),
     "model.prompt_position": ("after_cls", "start"),
+    "model.head": ("classifier", "mlm"),
     "optimizer.name": ("adamw", "adafactor"),
     "optimizer.scheduler": ("linear", "constant"),
     "trainer.precision": ("fp32", "bf16", "fp16"),
@@ -221,6 +225,7 @@ def validate(cfg: Config) -> Config:
         if not ok(value):
             raise ConfigError(f"{key}={value!r} {rule}")
     check_tasks(cfg)
+    check_bert_only(cfg)
     check = getattr(cfg.method, "check", None)
     if check is not None:
         check()
@@ -250,6 +255,22 @@ def check_tasks(cfg: Config) -> None:
     monitors = ["avg", *cfg.task]
     if cfg.trainer.monitor is not None and cfg.trainer.monitor not in monitors:
         raise ConfigError(f"trainer.monitor={cfg.trainer.monitor!r} is not valid; choose one of: {', '.join(monitors)}")
+
+
+def check_bert_only(cfg: Config) -> None:
+    """The cloze head and split prompts are BERT-family placements; the cloze head scores label words."""
+    from ptune.tasks import TASKS
+
+    split = getattr(cfg.method, "split", None)
+    if cfg.model.family == "t5" and (cfg.model.head == "mlm" or split is not None):
+        key = "model.head=mlm" if cfg.model.head == "mlm" else f"method.split={split}"
+        raise ConfigError(f"{key} is for BERT-family models; {cfg.model.name} is a T5 model, which already scores "
+                          "verbalizers with its decoder and takes prompts before the input")
+    if cfg.model.head == "mlm":
+        bad = [f"{n} ({TASKS[n].head})" for n in cfg.task if TASKS[n].head != "classification"]
+        if bad:
+            raise ConfigError(f"model.head=mlm scores label words, so it needs classification tasks; not: "
+                              f"{', '.join(bad)} (use model.head=classifier)")
 
 
 # --- composing ------------------------------------------------------------------------------------

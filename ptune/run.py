@@ -123,8 +123,10 @@ class Parts:
             tensors = self.method.export(torch.arange(len(self.tasks), device=self.device))
         finally:
             self.method.train(was_training)
+        split = getattr(self.method.cfg, "split", None)  # Folded(tensors, split) places them the same way
         if tensors:
-            ckpt.atomic_save_tensors(path, tensors, dict(meta, tasks=",".join(t.name for t in self.tasks)))
+            ckpt.atomic_save_tensors(path, tensors, dict(meta, tasks=",".join(t.name for t in self.tasks),
+                                                         **({"split": str(split)} if split is not None else {})))
 
     def load_prompt(self, path: Path) -> int:
         tensors, meta = ckpt.read_tensors(path)
@@ -136,7 +138,7 @@ class Parts:
 
     def parameter_counts(self) -> dict[str, int]:
         trainable = sum(p.numel() for p in ckpt.trainable_state(self.trainable_modules()).values())
-        frozen = sum(p.numel() for p in self.backbone.model.parameters() if not p.requires_grad)
+        frozen = sum(p.numel() for p in self.backbone.parameters() if not p.requires_grad)  # body (+ MLM head)
         return {"trainable_params": trainable, "total_params": trainable + frozen}
 
 
@@ -188,7 +190,8 @@ def build(cfg: Config, *, train: bool = True, examples: dict[str, list] | None =
     tok, fam, m = backbone.tokenizer, cfg.model.family, cfg.model
 
     def feats(task_id: int, rows: list, split: str) -> Split:
-        out = featurize(run_tasks[task_id], task_id, rows, tok, fam, m.max_length, m.max_target_length)
+        out = featurize(run_tasks[task_id], task_id, rows, tok, fam, m.max_length, m.max_target_length,
+                        cloze=m.head == "mlm")
         out.split = split
         return out
 

@@ -9,6 +9,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForMaskedLM,
     AutoTokenizer,
     BertConfig,
     T5Config,
@@ -58,20 +59,28 @@ def _model_config(cfg: ModelConfig):
 
 def _load_model(cfg: ModelConfig, dtype: torch.dtype, attn: str):
     config = _model_config(cfg)
-    cls = T5ForConditionalGeneration if cfg.family == "t5" else AutoModel
+    cloze = cfg.family == "bert" and cfg.head == "mlm"
+    cls = T5ForConditionalGeneration if cfg.family == "t5" else AutoModelForMaskedLM if cloze else AutoModel
     if cfg.random_init:
         torch.manual_seed(0)  # a tiny random backbone is the same in every process
-        if cfg.family == "bert":
+        if cfg.family == "bert" and not cloze:
             config.add_pooling_layer = True
-        model = (cls.from_config if cls is AutoModel else cls)(config)
+        model = cls(config) if cls is T5ForConditionalGeneration else cls.from_config(config)
         model.set_attn_implementation(attn)
         return model.to(dtype)
     # safetensors only: a pickled .bin checkpoint can run code when loaded, so it is refused
     kwargs = {"dtype": dtype, "attn_implementation": attn, "trust_remote_code": cfg.trust_remote_code,
               "use_safetensors": True}
-    if cfg.family == "bert":
+    if cfg.family == "bert" and not cloze:
         kwargs["add_pooling_layer"] = True
-    return cls.from_pretrained(cfg.hf_id, config=config, **kwargs)
+    if not cloze:
+        return cls.from_pretrained(cfg.hf_id, config=config, **kwargs)
+    model, info = cls.from_pretrained(cfg.hf_id, config=config, output_loading_info=True, **kwargs)
+    head = sorted(k for k in info["missing_keys"] if not k.startswith(model.base_model_prefix + "."))
+    if head:
+        raise ModelError(f"model {cfg.hf_id!r} has no masked-LM head (its checkpoint lacks {', '.join(head[:2])}, ...), "
+                         "which model.head=mlm scores with; use model.head=classifier or a model with an MLM head")
+    return model
 
 
 def load(
@@ -106,10 +115,12 @@ def skeleton(cfg: ModelConfig, tasks: list[Task]) -> tuple[Backbone, int]:
         config = _model_config(cfg)
     except OSError as err:
         raise _not_found(cfg, err) from None
-    if cfg.family == "bert":
+    cloze = cfg.family == "bert" and cfg.head == "mlm"
+    if cfg.family == "bert" and not cloze:
         config.add_pooling_layer = True
     with torch.device("meta"):
-        model = T5ForConditionalGeneration(config) if cfg.family == "t5" else AutoModel.from_config(config)
+        model = (T5ForConditionalGeneration(config) if cfg.family == "t5" else
+                 (AutoModelForMaskedLM if cloze else AutoModel).from_config(config))
     body = sum(p.numel() for p in model.parameters())  # before the swap below unties T5's lm_head
     emb = model.get_input_embeddings()
     emb.weight = torch.nn.Parameter(torch.randn(emb.weight.shape) * 0.02)
@@ -121,7 +132,8 @@ def skeleton(cfg: ModelConfig, tasks: list[Task]) -> tuple[Backbone, int]:
 
 BUILDERS: dict[str, Callable[..., Backbone]] = {
     "bert": lambda model, tok, tasks, cfg: BertBackbone(
-        model, tok, {t.name: (t.head, t.num_labels) for t in tasks}, cfg.prompt_position
+        model, tok, {t.name: (t.head, t.num_labels) for t in tasks}, cfg.prompt_position,
+        {t.name: [n.replace("_", " ") for n in t.label_names] for t in tasks} if cfg.head == "mlm" else None,
     ),
     "t5": lambda model, tok, tasks, cfg: T5Backbone(model, tok),
 }

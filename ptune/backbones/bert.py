@@ -17,6 +17,16 @@ Prompt placement:
 Heads (P-Tuning v2's official code): dropout + linear on the pooled first token (the model's pooler
 when it has one) for classification / regression / multiple choice; span classification (WSC) pools
 the tokens of each span and classifies the pair.
+
+The cloze form (``model.head=mlm``, P-Tuning's, Liu et al. 2021 Section 3): every row holds a [MASK] right
+before its final [SEP] (ptune/tasks/collate.py), and the frozen masked-LM head's logits at that position,
+restricted to the task's label words, are the class scores (cross-entropy over them, as PET and P-Tuning
+train). A label word is scored by its first word piece; two labels sharing one are refused. There are no
+trained heads; the MLM head stays frozen (with ``model.trainable`` too: only the encoder body trains).
+
+Split prompts (``Prompt.split``, P-Tuning's ``[P_0..P_i] x [P_i+1..P_m] y`` templates): the first ``split``
+soft tokens go where ``model.prompt_position`` says, the rest after the input, right before the [MASK]
+(cloze) or the final [SEP] (classifier), per row, whatever its padding.
 """
 
 from __future__ import annotations
@@ -51,8 +61,18 @@ class Head(nn.Module):
 class BertBackbone(Backbone):
     family = "bert"
 
-    def __init__(self, model: nn.Module, tokenizer, heads: dict[str, tuple[str, int]], prompt_position: str):
+    def __init__(self, model: nn.Module, tokenizer, heads: dict[str, tuple[str, int]], prompt_position: str,
+                 label_words: dict[str, list[str]] | None = None):
+        """``label_words`` (task -> words): the cloze form; ``model`` is then a masked-LM model, whose
+        encoder becomes ``self.model`` and whose MLM head ``self.mlm`` (frozen) scores the words."""
         super().__init__()
+        self.cloze = label_words is not None
+        if self.cloze:
+            self.mlm = next(m for n, m in model.named_children() if n != model.base_model_prefix)
+            self.mlm.requires_grad_(False)
+            model = model.base_model
+            self.word_ids = {t: first_pieces(tokenizer, t, words) for t, words in label_words.items()}
+            heads = {}
         self.model = model
         self.tokenizer = tokenizer
         self.prompt_position = prompt_position
@@ -82,10 +102,22 @@ class BertBackbone(Backbone):
         at = 1 if self.prompt_position == "after_cls" else 0
         n = len(input_ids)
         prompt = expand(prompt, n)
+        late = None
+        if prompt.embeds is not None and prompt.split is not None:
+            late = prompt.embeds[:, prompt.split:]
+            prompt = Prompt(prompt.embeds[:, :prompt.split], prompt.keys_values, prompt.decoder_keys_values)
+        early = prompt.num_tokens
         emb, full_mask = self.place_embeds(emb, mask, prompt, at)
         if token_types is not None and prompt.embeds is not None:
-            zeros = token_types.new_zeros(n, prompt.num_tokens)
+            zeros = token_types.new_zeros(n, early)
             token_types = torch.cat([token_types[:, :at], zeros, token_types[:, at:]], dim=1)
+        if late is not None and late.shape[1]:
+            where = self.late_position(input_ids, mask) + early  # the early tokens come before it
+            emb = insert_rows(emb, late.to(emb.dtype), where)
+            full_mask = insert_rows(full_mask[..., None], full_mask.new_ones(n, late.shape[1], 1), where)[..., 0]
+            if token_types is not None:
+                before = token_types.gather(1, where[:, None]).expand(-1, late.shape[1])
+                token_types = insert_rows(token_types[..., None], before[..., None], where)[..., 0]
         layers, positions = {}, None
         if prompt.keys_values is not None:
             layers = {m: attention.LayerPrefix(k, v) for m, (k, v) in zip(self.self_attention, prompt.keys_values,
@@ -100,10 +132,20 @@ class BertBackbone(Backbone):
         pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
         return out.last_hidden_state, pooled
 
+    def late_position(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        """Per row, the input position the late soft tokens go before: the [MASK] (cloze), else the final
+        separator (rows are right-padded)."""
+        if self.cloze:
+            return (input_ids == self.tokenizer.mask_token_id).int().argmax(1)
+        return mask.sum(1) - 1
+
     def forward(self, batch: dict, prompt: Prompt, *, score: bool = True) -> Output:
-        head = self.heads[batch["task"]]
         hidden, pooled = self.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), prompt)
+        if self.cloze:
+            return self.cloze_scores(batch, prompt, hidden)
+        head = self.heads[batch["task"]]
         if head.kind == "span":
+            hidden = hidden[:, : batch["input_ids"].shape[1] + prompt.num_tokens - late_tokens(prompt)]
             pooled = span_pool(hidden, batch["span_mask"], self.soft_offset(prompt))
         logits = head(pooled)
         labels = batch.get("labels")
@@ -116,9 +158,47 @@ class BertBackbone(Backbone):
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return Output(loss, logits)
 
+    def cloze_scores(self, batch: dict, prompt: Prompt, hidden: Tensor) -> Output:
+        """The MLM head's logits of the task's label words at each row's [MASK]."""
+        pos = self.late_position(batch["input_ids"], batch["attention_mask"]) + prompt.num_tokens  # every soft token precedes it
+        at_mask = hidden[torch.arange(len(hidden), device=hidden.device), pos]
+        words = self.word_ids[batch["task"]].to(hidden.device)
+        scores = self.mlm(at_mask).float()[:, words]
+        labels = batch.get("labels")
+        return Output(F.cross_entropy(scores, labels) if labels is not None else None, scores)
+
     def soft_offset(self, prompt: Prompt) -> tuple[int, int]:
-        """(where soft tokens start, how many), to map input positions onto hidden-state positions."""
-        return (1 if self.prompt_position == "after_cls" else 0), prompt.num_tokens
+        """(where the early soft tokens start, how many), to map input positions onto hidden-state positions."""
+        return (1 if self.prompt_position == "after_cls" else 0), prompt.num_tokens - late_tokens(prompt)
+
+
+def late_tokens(prompt: Prompt) -> int:
+    """How many soft tokens go after the input (``Prompt.split``)."""
+    return 0 if prompt.embeds is None or prompt.split is None else prompt.num_tokens - prompt.split
+
+
+def insert_rows(x: Tensor, new: Tensor, where: Tensor) -> Tensor:
+    """(B, L, D) with (B, k, D) inserted in row b before position where[b]: (B, L + k, D)."""
+    b, length, d = x.shape
+    k = new.shape[1]
+    j = torch.arange(length, device=x.device)[None]
+    old_to = j + k * (j >= where[:, None])  # (B, L): where each old position goes
+    new_to = where[:, None] + torch.arange(k, device=x.device)[None]  # (B, k)
+    out = x.new_zeros(b, length + k, d)
+    out = out.scatter(1, old_to[..., None].expand(-1, -1, d), x)
+    return out.scatter(1, new_to[..., None].expand(-1, -1, d), new)
+
+
+def first_pieces(tokenizer, task: str, words: list[str]) -> Tensor:
+    """Each label word's first word piece (the cloze head scores one token per label)."""
+    ids = [tokenizer(w, add_special_tokens=False)["input_ids"][:1] for w in words]
+    if any(not i for i in ids) or len({i[0] for i in ids}) < len(ids):
+        from ptune.errors import ConfigError
+
+        pieces = [tokenizer.convert_ids_to_tokens(i) for i in ids]
+        raise ConfigError(f"task {task}: label words {words} do not start with distinct word pieces ({pieces}), "
+                          "which model.head=mlm needs; use model.head=classifier")
+    return torch.tensor([i[0] for i in ids])
 
 
 def expand(prompt: Prompt, n: int) -> Prompt:
@@ -134,6 +214,7 @@ def expand(prompt: Prompt, n: int) -> Prompt:
         keys_values=None
         if prompt.keys_values is None
         else [(k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)) for k, v in prompt.keys_values],
+        split=prompt.split,
     )
 
 

@@ -22,6 +22,7 @@ class Prompt:
     embeds: Tensor | None = None  # (B, P, hidden): soft tokens placed among the input tokens
     keys_values: KeysValues | None = None  # encoder (or only) stack self-attention prefixes
     decoder_keys_values: KeysValues | None = None  # encoder-decoder models: decoder self-attention
+    split: int | None = None  # BERT family: the first ``split`` soft tokens go before the input, the rest after it
 
     @property
     def num_tokens(self) -> int:
@@ -44,7 +45,7 @@ class Prompt:
         def place_kv(kv: KeysValues | None) -> KeysValues | None:
             return None if kv is None else [(place(k), place(v)) for k, v in kv]  # type: ignore[misc]
 
-        return Prompt(place(self.embeds), place_kv(self.keys_values), place_kv(self.decoder_keys_values))
+        return Prompt(place(self.embeds), place_kv(self.keys_values), place_kv(self.decoder_keys_values), self.split)
 
 
 def merge(parts: list[tuple[Tensor, Prompt]], n: int) -> Prompt:
@@ -63,7 +64,7 @@ def merge(parts: list[tuple[Tensor, Prompt]], n: int) -> Prompt:
     for index, prompt in parts[1:]:
         placed = prompt.rows(index, n)
         total = Prompt(add(total.embeds, placed.embeds), add(total.keys_values, placed.keys_values),
-                       add(total.decoder_keys_values, placed.decoder_keys_values))
+                       add(total.decoder_keys_values, placed.decoder_keys_values), total.split)
     return total
 
 
@@ -127,9 +128,10 @@ class Folded(PromptMethod):
 
     task_aware = True
 
-    def __init__(self, tensors: dict[str, Tensor]):
+    def __init__(self, tensors: dict[str, Tensor], split: int | None = None):
         super().__init__(None, None, [[]])
         self.tensors = dict(tensors)
+        self.split = split  # the method's Prompt.split (folded.safetensors' metadata "split")
 
     def forward(self, task_ids: Tensor) -> Prompt:
         t = self.tensors
@@ -139,7 +141,7 @@ class Folded(PromptMethod):
             return [(t[f"{name}.{i}.key"][task_ids], t[f"{name}.{i}.value"][task_ids]) for i in range(n)] or None
 
         embeds = t["embeds"][task_ids] if "embeds" in t else None
-        return Prompt(embeds, stack("encoder"), stack("decoder"))
+        return Prompt(embeds, stack("encoder"), stack("decoder"), self.split)
 
 
 class PerTask(PromptMethod):

@@ -18,11 +18,15 @@ for ``mlp``, h = d. The module layout and names are PEFT's ``PromptEncoder`` (pt
 so the weights load into PEFT unchanged; tests/methods/test_p_tuning.py compares logits with PEFT.
 
 Deviations and choices:
-* Placement: the virtual tokens go before the input only (before [CLS] on BERT-family models by
-  default, as PEFT). The paper's templates interleave prompt tokens with the input (e.g.
-  ``[P_0..P_i] x [P_{i+1}..P_m] y``) and score a [MASK] with the MLM head (the cloze form); both need
-  backbone support (a split placement and an MLM scoring head) that ptune's backbones lack. On BERT the
-  backbone's classification head is trained alongside, as in P-Tuning v2's baselines.
+* Placement: by default the virtual tokens go before the input (before [CLS] on BERT-family models, as
+  PEFT). ``split=i`` gives the paper's ``[P_0..P_{i-1}] x [P_i..P_{P-1}] y`` template on BERT-family
+  models: i tokens before the input x, the rest after it, right before the [MASK] y (or the final [SEP]).
+  The paper's templates differ per task (some put tokens between the two sentences of a pair); ptune
+  offers this one split, around the whole input.
+* Scoring: ``model.head=mlm`` is the paper's cloze form (the frozen MLM head's logits of each label word
+  at the [MASK], ptune/backbones/bert.py); ``model.head=classifier`` (default) trains a classification
+  head on the pooled first token alongside, as P-Tuning v2's baselines do. The cloze form needs a
+  checkpoint with an MLM head (``../shared``'s MiniLM has none; tests use a random-init tiny BERT).
 * The paper's anchor tokens (task-related real tokens kept in the template) are not used.
 * One prompt for all tasks: P-Tuning is not task-conditioned, so in a task mixture every task shares
   the encoder's output; it is computed once per batch, whatever the batch's task ids.
@@ -54,6 +58,7 @@ class PTuningConfig(MethodConfig):
     encoder_hidden_size: int | None = None  # null: lstm d/2 per direction (official code), mlp d (PEFT)
     encoder_num_layers: int = 2  # lstm only
     encoder_dropout: float = 0.0  # lstm only, between layers (PEFT's default)
+    split: int | None = None  # BERT family: this many tokens before the input, the rest after it; null: all before
     lr: float = 1e-3
 
     def check(self) -> None:
@@ -65,6 +70,9 @@ class PTuningConfig(MethodConfig):
             raise ConfigError(f"method.encoder_num_layers={self.encoder_num_layers} must be >= 1")
         if not 0 <= self.encoder_dropout < 1:
             raise ConfigError(f"method.encoder_dropout={self.encoder_dropout} must be in [0, 1)")
+        if self.split is not None and not 0 <= self.split <= self.num_virtual_tokens:
+            raise ConfigError(f"method.split={self.split} must be in [0, method.num_virtual_tokens="
+                              f"{self.num_virtual_tokens}] (tokens before the input; the rest go after it)")
 
 
 def hidden_size(cfg: PTuningConfig, dims: BackboneDims) -> int:
@@ -84,4 +92,4 @@ class PTuning(PromptMethod):
     def forward(self, task_ids: Tensor) -> Prompt:
         with fp32(self.encoder.embedding.weight.device):
             tokens = self.encoder()  # (1, P, d): once per batch
-        return Prompt(embeds=tokens.expand(len(task_ids), -1, -1))
+        return Prompt(embeds=tokens.expand(len(task_ids), -1, -1), split=self.cfg.split)

@@ -39,11 +39,19 @@ class Split:
 
 
 def featurize(task: Task, task_id: int, examples: list[Example], tokenizer, family: str, max_length: int,
-              max_target_length: int = 16) -> Split:
+              max_target_length: int = 16, cloze: bool = False) -> Split:
+    """``cloze`` (BERT family, ``model.head=mlm``): each row gets the tokenizer's mask token right before its
+    final separator, within ``max_length`` (the text is truncated one token shorter to make room)."""
     if family == "t5":
         feats = _t5_features(examples, tokenizer, max_length, max_target_length)
     else:
-        feats = _encoder_features(task, examples, tokenizer, max_length)
+        feats = _encoder_features(task, examples, tokenizer, max_length - 1 if cloze else max_length)
+        if cloze:
+            for f in feats:
+                f["input_ids"] = [ids[:-1] + [tokenizer.mask_token_id] + ids[-1:] for ids in f["input_ids"]]
+                if f["token_type_ids"] is not None:
+                    f["token_type_ids"] = [tt[:-1] + tt[-1:] * 2 for tt in f["token_type_ids"]]
+                f["length"] += 1
     return Split(task, task_id, examples, feats)
 
 
