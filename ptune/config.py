@@ -30,6 +30,11 @@ class MethodConfig:
     num_virtual_tokens: int = 20
     lr: float = 0.3  # the paper's learning rate; used when optimizer.lr is null
     per_task: bool = False  # multi-task runs: one prompt per task (methods that are not task-aware)
+    # SPoT transfer (ptune/methods/transfer.py): start from a source run's method parameters (a run folder, or
+    # a prompt.safetensors-format file such as `ptune similarity --write-init`'s); heads are never copied
+    init_from: str | None = None
+    init_from_task: str | None = None  # a multi-task source: the task whose prompt to take
+    init_from_step: int | None = None  # the source's snapshot at that step (trainer.snapshot_steps); null: its best
 
 
 @dataclass
@@ -106,6 +111,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int | None = None
     save_every: int | None = None  # training-state checkpoints; null: at each evaluation
+    snapshot_steps: list[int] = field(default_factory=list)  # keep the prompt at these steps: snapshots/step-<N>/
     progress: bool = True
     monitor: str | None = None  # early stopping and the best checkpoint: a task's main metric or avg; null: the
     # task's main metric (one task), avg (a mixture)
@@ -224,6 +230,9 @@ def validate(cfg: Config) -> Config:
             continue
         if not ok(value):
             raise ConfigError(f"{key}={value!r} {rule}")
+    bad = [n for n in cfg.trainer.snapshot_steps if n < 1]
+    if bad:
+        raise ConfigError(f"trainer.snapshot_steps={cfg.trainer.snapshot_steps}: {bad[0]} is not a step (steps count from 1)")
     check_tasks(cfg)
     check_bert_only(cfg)
     check = getattr(cfg.method, "check", None)

@@ -22,6 +22,7 @@ from ptune import backbones, methods, tasks
 from ptune.backbones.base import Backbone
 from ptune.config import Config, saved_task_label, to_config
 from ptune.errors import CheckpointError, ConfigError, DataError
+from ptune.methods import transfer
 from ptune.methods.base import PromptMethod
 from ptune.tasks import mixture
 from ptune.tasks.base import Task
@@ -103,13 +104,11 @@ class Parts:
                 for key, ps in groups.items() if ps]
 
     def metadata(self) -> dict[str, str]:
-        c = self.cfg
-        return {"format": ckpt.FORMAT, "method": c.method.name, "model": c.model.hf_id or c.model.name,
-                "family": c.model.family, "task": c.task_label}
+        return run_metadata(self.cfg)
 
     def save_prompt(self, path: Path, step: int) -> None:
         """The trainable parameters to ``path`` and, beside it, the folded form (``folded.safetensors``)."""
-        meta = dict(self.metadata(), step=str(step))
+        meta = dict(self.metadata(), step=str(step), tasks=",".join(t.name for t in self.tasks))
         ckpt.atomic_save_tensors(path, ckpt.trainable_state(self.trainable_modules()), meta)
         self.save_folded(path.with_name(FOLDED), meta)
 
@@ -125,8 +124,7 @@ class Parts:
             self.method.train(was_training)
         split = getattr(self.method.cfg, "split", None)  # Folded(tensors, split) places them the same way
         if tensors:
-            ckpt.atomic_save_tensors(path, tensors, dict(meta, tasks=",".join(t.name for t in self.tasks),
-                                                         **({"split": str(split)} if split is not None else {})))
+            ckpt.atomic_save_tensors(path, tensors, dict(meta, **({"split": str(split)} if split is not None else {})))
 
     def load_prompt(self, path: Path) -> int:
         tensors, meta = ckpt.read_tensors(path)
@@ -140,6 +138,12 @@ class Parts:
         trainable = sum(p.numel() for p in ckpt.trainable_state(self.trainable_modules()).values())
         frozen = sum(p.numel() for p in self.backbone.parameters() if not p.requires_grad)  # body (+ MLM head)
         return {"trainable_params": trainable, "total_params": trainable + frozen}
+
+
+def run_metadata(cfg: Config) -> dict[str, str]:
+    """What a checkpoint's header says about the run that wrote it (checked when it is loaded)."""
+    return {"format": ckpt.FORMAT, "method": cfg.method.name, "model": cfg.model.hf_id or cfg.model.name,
+            "family": cfg.model.family, "task": cfg.task_label}
 
 
 def pick_device(name: str) -> torch.device:
@@ -254,7 +258,12 @@ def train(cfg: Config, console: Console, sweep: dict | None = None) -> dict:
     """
     run_dir = Path(cfg.resolved_run_dir())
     check_run_folder(cfg, run_dir)
+    fresh = not cfg.resume or ckpt.latest_state_dir(run_dir / "state") is None
+    source = transfer.check(cfg, run_metadata(cfg)) if cfg.method.init_from and fresh else None
     parts = build(cfg)
+    if source is not None:
+        n = transfer.apply(parts.method, cfg, *source)
+        console.print(f"initialised the method's {n} parameter tensors from {source[2]} (method.init_from)")
     save_config(cfg, run_dir)
     counts = parts.parameter_counts()
     console.print(

@@ -40,6 +40,8 @@ class ModelTuningConfig(MethodConfig):
         if self.num_virtual_tokens:
             raise ConfigError(f"method.num_virtual_tokens={self.num_virtual_tokens}: model_tuning places no prompt; "
                               "drop it, or choose a prompt method with model.trainable=true")
+        if self.init_from is not None:
+            raise ConfigError("method.init_from: model_tuning has no prompt to transfer (it trains the whole body)")
         if self.per_task:
             raise ConfigError("method.per_task=true has no meaning for model_tuning (it has no prompt; "
                               "BERT-family tasks keep their own heads)")

@@ -167,6 +167,8 @@ def fit(parts, console: Console | None = None) -> dict:
                     record_eval(parts, progress, stopper, modules, start, reporter)
                     if stopper.should_stop:
                         stop_reason = "early_stopping"
+                if step in tcfg.snapshot_steps:  # SPoT's early prompts (ptune similarity --step)
+                    parts.save_prompt(run_dir / "snapshots" / f"step-{step}" / "prompt.safetensors", step=step)
                 save_now = tcfg.save_every and step % tcfg.save_every == 0
                 if save_now or step % tcfg.eval_every == 0 or step == tcfg.max_steps or flag or stop_reason != "max_steps":
                     progress["wall_time"] = time.perf_counter() - start
