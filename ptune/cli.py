@@ -41,6 +41,7 @@ commands:
              what it injects where; no weights are read:  ptune describe method=hyperprompt model=t5-base
   table      sweep or run folders -> methods x tasks, mean ± std over seeds (n), paper numbers beside
              ours; prints it, writes Markdown and CSV:   ptune table multirun/<sweep> [-o results/table]
+             [--per-task: a mixture's tasks in the task columns]
   plot       sweep or run folders -> learning curves (validation metric, training loss; a band for
              the seed spread) as a PNG:                  ptune plot multirun/<sweep> [-o curves.png]
 
@@ -165,10 +166,14 @@ def folders_parser(command: str, what: str, out: str) -> argparse.ArgumentParser
 def cmd_table(args: list[str]) -> int:
     from ptune.analysis import table
 
-    flags = folders_parser("table", "Aggregate results.json files: methods x tasks, mean ± std over seeds.",
-                           "where to write <out>.md and <out>.csv (default: <folder>/table for one folder, "
-                           "else ./table)").parse_args(args)
-    return table.main(flags.folders, flags.out, Console(width=None if sys.stdout.isatty() else 200))
+    parser = folders_parser("table", "Aggregate results.json files: methods x tasks, mean ± std over seeds.",
+                            "where to write <out>.md and <out>.csv (default: <folder>/table for one folder, "
+                            "else ./table)")
+    parser.add_argument("--per-task", action="store_true",
+                        help="a mixture run's tasks fill the task columns (a row per method and mixture) instead of "
+                             "one column holding the mixture's average")
+    flags = parser.parse_args(args)
+    return table.main(flags.folders, flags.out, Console(width=None if sys.stdout.isatty() else 200), flags.per_task)
 
 
 def cmd_plot(args: list[str]) -> int:

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from ptune.config import saved_task_label
 from ptune.errors import ConfigError
+from ptune.tasks import TASKS
 
 SKIP = {".hydra", ".submitit", "state"}
 
@@ -38,6 +39,8 @@ class Run:
     step: int | None = None
     max_steps: int | None = None
     history: list[dict] = field(default_factory=list)
+    task_scores: dict[str, float] = field(default_factory=dict)  # a mixture: each task's best-step main metric
+    task_metrics: dict[str, str] = field(default_factory=dict)  # ... and which metric that is
 
     @property
     def label(self) -> str:
@@ -99,6 +102,10 @@ def read_run(folder: Path, failed: dict | None) -> Run:
         best = results.get("best") or {}
         run.main_metric = results.get("main_metric")
         run.score = best.get(run.main_metric)
+        for name, metrics in (best.get("tasks") or {}).items():  # first splits only: "mnli/validation_mismatched" is not
+            if "/" not in name and name in TASKS and TASKS[name].main_metric in metrics:
+                run.task_metrics[name] = TASKS[name].main_metric
+                run.task_scores[name] = float(metrics[TASKS[name].main_metric])
         run.trainable, run.total = results.get("trainable_params"), results.get("total_params")
         run.step = results.get("steps")
         run.status = "finished" if run.score is not None else "failed"

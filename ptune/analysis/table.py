@@ -67,18 +67,25 @@ class Row:
         return "–".join(f"{s:.3g}%" for s in sorted({min(self.share), max(self.share)})) if self.share else "?"
 
 
-def build(runs: list[Run]) -> tuple[list[Row], list[str], dict[str, str]]:
-    """Rows (methods x variants x models), the task columns, and each task's main metric."""
+def build(runs: list[Run], per_task: bool = False) -> tuple[list[Row], list[str], dict[str, str]]:
+    """Rows (methods x variants x models), the task columns, and each task's main metric. ``per_task``: a
+    mixture run's tasks fill the task columns, in a row of their own ("<method> (mixture <tasks>)"), instead
+    of one column for the mixture's average."""
     rows: dict[tuple[str, str], Row] = {}
     metrics: dict[str, str] = {}
     for run in runs:
         if run.status != "finished" or run.score is None:
             continue
-        row = rows.setdefault((run.label, run.model), Row(run.label, run.model))
-        cell = row.cells.setdefault(run.task, Cell([]))
-        cell.scores.append(float(run.score))
-        cell.paper = run.paper if run.paper is not None else cell.paper
-        metrics[run.task] = run.main_metric or "?"
+        split = per_task and bool(run.task_scores)
+        label = f"{run.label} (mixture {run.task})" if split else run.label
+        row = rows.setdefault((label, run.model), Row(label, run.model))
+        scores = run.task_scores if split else {run.task: float(run.score)}
+        for task, score in scores.items():
+            cell = row.cells.setdefault(task, Cell([]))
+            cell.scores.append(score)
+            if not split:
+                cell.paper = run.paper if run.paper is not None else cell.paper
+            metrics[task] = run.task_metrics[task] if split else (run.main_metric or "?")
         if run.trainable is not None and run.total is not None:
             row.trainable.add(run.trainable)
             row.share.add(100.0 * run.trainable / max(1, run.total - run.trainable))
@@ -138,9 +145,9 @@ def to_csv(rows: list[Row], tasks: list[str]) -> str:
     return buf.getvalue()
 
 
-def main(folders: list[Path], out: Path | None, console: Console) -> int:
+def main(folders: list[Path], out: Path | None, console: Console, per_task: bool = False) -> int:
     runs = find(folders)
-    rows, tasks, metrics = build(runs)
+    rows, tasks, metrics = build(runs, per_task)
     notes = not_averaged(runs)
     table = Table(title=f"{sum(len(c.scores) for r in rows for c in r.cells.values())} finished runs: best validation "
                         "main metric, mean ± std over seeds (n)")

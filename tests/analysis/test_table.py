@@ -10,6 +10,8 @@ import pytest
 from rich.console import Console
 
 from ptune.analysis import table
+from ptune.analysis.runs import find
+from ptune.analysis.table import build
 from ptune.cli import main
 from ptune.errors import ConfigError
 from tests.analysis.conftest import make_run
@@ -91,3 +93,28 @@ def test_no_runs_is_one_line(tmp_path, capsys):
         table.main([tmp_path], None, Console(file=io.StringIO()))
     assert main(["table", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip() == f"ptune: error: no such folder: {tmp_path / 'nope'}"
+
+
+def test_per_task_puts_a_mixture_s_tasks_in_the_task_columns(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    for seed, (s, m) in enumerate([(70.0, 80.0), (72.0, 84.0)]):
+        make_run(tmp_path, "prompt_tuning", "sst2", seed, 75.0 + seed)
+        mix = tmp_path / f"prompt_tuning-sst2+mrpc-tiny-bert-s{seed}"
+        mix.mkdir()
+        OmegaConf.save(OmegaConf.create({"method": {"name": "prompt_tuning"}, "task": {"sst2": {}, "mrpc": {}},
+                                         "model": {"name": "tiny-bert"}, "seed": seed}), mix / "config.yaml")
+        best = {"step": 4, "avg": 1.0, "sst2/accuracy": s, "mrpc/f1": m,
+                "tasks": {"sst2": {"accuracy": s}, "mrpc": {"accuracy": 60.0, "f1": m}}}
+        (mix / "results.json").write_text(json.dumps({"task": "sst2+mrpc", "main_metric": "avg", "best": best,
+                                                      "steps": 4, "trainable_params": 10, "total_params": 110}))
+    rows, tasks, metrics = build(find([tmp_path]), per_task=True)
+    assert tasks == ["mrpc", "sst2"] and metrics == {"mrpc": "f1", "sst2": "accuracy"}
+    by = {r.label: r for r in rows}
+    mixed = by["prompt_tuning (mixture sst2+mrpc)"]
+    assert mixed.cells["sst2"].scores == [70.0, 72.0] and mixed.cells["mrpc"].mean == 82.0
+    assert by["prompt_tuning"].cells["sst2"].scores == [75.0, 76.0] and "mrpc" not in by["prompt_tuning"].cells
+    plain, columns, _ = build(find([tmp_path]))
+    assert "sst2+mrpc" in columns and len(plain) == 1  # without --per-task: one column for the mixture
+    assert main(["table", str(tmp_path), "--per-task"]) == 0
+    assert "(mixture sst2+mrpc)" in capsys.readouterr().out
