@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
 import platform
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from ptune.training import checkpoint as ckpt
 from ptune.training.loop import fit
 
 FOLDED = "folded.safetensors"
+LOCK = ".ptune.lock"
 
 
 @dataclass
@@ -257,7 +261,16 @@ def train(cfg: Config, console: Console, sweep: dict | None = None) -> dict:
     overrides and variant) goes into results.json so ``ptune table`` can tell sweep rows apart.
     """
     run_dir = Path(cfg.resolved_run_dir())
-    check_run_folder(cfg, run_dir)
+    with run_lock(run_dir):
+        done = check_run_folder(cfg, run_dir)
+        if done is not None:
+            console.print(f"[bold]ptune[/] {run_dir} already finished ({done.get('steps')} steps, "
+                          f"{done.get('stopped')}); left untouched")
+            return dict(done, run_dir=str(run_dir))
+        return _train(cfg, console, run_dir, sweep)
+
+
+def _train(cfg: Config, console: Console, run_dir: Path, sweep: dict | None) -> dict:
     fresh = not cfg.resume or ckpt.latest_state_dir(run_dir / "state") is None
     source = transfer.check(cfg, run_metadata(cfg)) if cfg.method.init_from and fresh else None
     parts = build(cfg)
@@ -281,19 +294,93 @@ def train(cfg: Config, console: Console, sweep: dict | None = None) -> dict:
 
 
 # --- run folder ------------------------------------------------------------------------------------
-def check_run_folder(cfg: Config, run_dir: Path) -> None:
-    """Never overwrite another run's results: a folder holding a different run is refused."""
+# keys a resume may change (applied, and recorded in config.yaml); every other key is the run's meaning
+RESUMABLE = ("trainer.max_steps", "trainer.eval_every", "trainer.log_every", "trainer.progress",
+             "trainer.save_every", "trainer.num_threads", "trainer.device", "trainer.eval_batch_size",
+             "trainer.snapshot_steps", "data.root", "output_dir", "run_dir", "resume")
+
+
+def check_run_folder(cfg: Config, run_dir: Path) -> dict | None:
+    """Never overwrite or silently change another run (docs/reliability.md, "Resuming"). A folder holding
+    a different run, or this run with keys that would change its meaning, is refused before anything is
+    written; a finished run (max steps reached, or stopped early) is left as it is: its results are
+    returned. None: train (from scratch or from its state)."""
     saved = run_dir / "config.yaml"
     if not saved.is_file():
-        return
+        return None
     if not cfg.resume:
         raise ConfigError(f"run folder {run_dir} already exists; use resume=true to continue it or another run_dir=")
-    old, new = OmegaConf.load(saved), OmegaConf.structured(cfg)
-    old_tasks = saved_task_label(old)
-    for key, before, now in (*((k, OmegaConf.select(old, k), OmegaConf.select(new, k))
+    try:
+        raw = OmegaConf.load(saved)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{saved} is unreadable ({str(err).splitlines()[0]}); choose another run_dir=") from None
+    old_tasks = saved_task_label(raw)
+    new = OmegaConf.structured(cfg)
+    for key, before, now in (*((k, OmegaConf.select(raw, k), OmegaConf.select(new, k))
                                 for k in ("method.name", "model.name", "seed")), ("task", old_tasks, cfg.task_label)):
         if str(before) != str(now):
             raise ConfigError(f"run folder {run_dir} holds a run with {key}={before}; choose another run_dir=")
+    try:
+        old = flat(OmegaConf.to_container(OmegaConf.structured(to_config(raw))))
+    except ConfigError as err:
+        raise CheckpointError(f"{saved} no longer loads ({err}); choose another run_dir=") from None
+    changed = [k for k, v in flat(OmegaConf.to_container(new)).items() if old.get(k) != v]
+    refused = [k for k in changed if not k.startswith(RESUMABLE)]
+    if refused:
+        shown = ", ".join(f"{k}={old.get(k)!r} -> {flat(OmegaConf.to_container(new)).get(k)!r}" for k in refused[:3])
+        raise ConfigError(f"run folder {run_dir} was started with other settings ({shown}"
+                          f"{f', and {len(refused) - 3} more' if len(refused) > 3 else ''}); resuming would change "
+                          "the run: rerun with its settings or choose another run_dir=")
+    results = _read_results(run_dir)
+    if results is None:
+        return None
+    if results.get("stopped") == "early_stopping" or int(results.get("steps") or 0) >= cfg.trainer.max_steps:
+        return results
+    return None
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are values."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _read_results(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """One process per run folder: an exclusive lock on ``<run_dir>/.ptune.lock`` (released by the kernel
+    if the process dies). Also where an unwritable ``run_dir`` fails, before any model loads."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK, "a+")  # noqa: SIM115  (held for the whole run)
+    except OSError as err:
+        raise ConfigError(f"run_dir={run_dir} cannot be written ({err.strerror or err}); choose another run_dir=") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            who = handle.read().strip() or "?"
+            raise ConfigError(f"run folder {run_dir} is in use by another ptune process (pid {who}); wait for it "
+                              "or choose another run_dir=") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def finished_results(cfg: Config) -> dict | None:

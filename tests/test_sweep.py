@@ -53,7 +53,7 @@ def test_a_single_run_writes_its_run_folder_and_nothing_else(tmp_path, monkeypat
     run = tmp_path / "outputs" / "prompt_tuning-rte-tiny-bert-s3"
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == [run.name]
     assert {"config.yaml", "results.json", "metrics.jsonl", "prompt.safetensors", "folded.safetensors",
-            "state"} == {
+            "state", ".ptune.lock"} == {
         p.name for p in run.iterdir()}
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"] == "outputs/" + run.name
 

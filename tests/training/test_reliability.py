@@ -181,7 +181,7 @@ def test_unreadable_training_state_is_reported_on_resume(capsys, runs, tmp_path)
 
 def test_checkpoints_hold_no_pickle(runs):
     """Every weight file in a run folder is safetensors; nothing is readable only through pickle."""
-    files = [p for p in runs["pt"].rglob("*") if p.is_file()]
+    files = [p for p in runs["pt"].rglob("*") if p.is_file() and p.name != run.LOCK]  # the lock holds a pid
     assert {p.suffix for p in files} <= {".yaml", ".safetensors", ".json", ".jsonl"}
     for p in files:
         if p.suffix == ".safetensors":
