@@ -22,6 +22,7 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from ptune import sweep
@@ -115,7 +116,15 @@ def cmd_eval(overrides: list[str]) -> int:
     if only and only[0] not in saved.task:
         raise ConfigError(f"task={only[0]!r} is not a task of {run_dir}; choose one of: {', '.join(saved.task)}")
     rest = [o for o in overrides if not o.startswith(("run=", "task="))]
-    cfg = to_config(OmegaConf.merge(OmegaConf.structured(saved), OmegaConf.from_dotlist(rest)))
+    bad = [o for o in rest if "=" not in o]
+    if bad:
+        raise ConfigError(f"ptune eval takes key=value overrides; {bad[0]!r} is not one (e.g. data.root=...)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(saved), OmegaConf.from_dotlist(rest))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or rest[0].split("=", 1)[0]
+        raise ConfigError(f"ptune eval: {key!r} cannot be set that way ({str(err).splitlines()[0]})") from None
+    cfg = to_config(merged)
     parts = run.build(cfg, train=False)
     step = parts.load_prompt(run_dir / "prompt.safetensors")
     evals = [s for s in parts.evals if not only or s.task.name == only[0]]
@@ -123,7 +132,11 @@ def cmd_eval(overrides: list[str]) -> int:
     stored = {}
     results_path = run_dir / "results.json"
     if results_path.is_file():
-        stored = (json.loads(results_path.read_text()).get("best") or {})
+        try:
+            stored = (json.loads(results_path.read_text()).get("best") or {})
+        except (ValueError, AttributeError):
+            print(f"ptune: warning: {results_path} is damaged (not JSON); the stored metrics are not compared",
+                  file=sys.stderr)
     per_task = metrics.get("tasks") or {split_key(evals[0], True): metrics}
     stored_tasks = stored.get("tasks") or {parts.task.name: stored}
     console = Console(stderr=True)

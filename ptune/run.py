@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from ptune import backbones, methods, tasks
@@ -186,6 +186,8 @@ def build(cfg: Config, *, train: bool = True, examples: dict[str, list] | None =
     check_precision(cfg.trainer.precision, device)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
+    places = methods.METHODS[cfg.method.name].places
+    backbones.preflight(cfg.model, places, 0 if places == "none" else cfg.method.num_virtual_tokens)
     data = load_data(cfg, run_tasks, train, examples)
     torch.manual_seed(cfg.seed)
     backbone = backbones.load(cfg.model, run_tasks, cfg.trainer.precision, device)
@@ -206,6 +208,11 @@ def build(cfg: Config, *, train: bool = True, examples: dict[str, list] | None =
     trains = [feats(i, d["train"], "train") for i, d in enumerate(data) if d["train"] is not None]
     evals = [feats(i, rows, split) for i, d in enumerate(data) for split, rows in d["eval"].items()]
     sizes = [len(s) for s in trains]
+    per_epoch = sum(-(-n // cfg.trainer.batch_size) for n in sizes)
+    if train and trains and cfg.trainer.grad_accum > per_epoch:
+        raise ConfigError(f"trainer.grad_accum={cfg.trainer.grad_accum} is more than the {per_epoch} batches in an "
+                          f"epoch ({sum(sizes)} training rows, trainer.batch_size={cfg.trainer.batch_size}); lower it "
+                          "or use more data")
     probabilities = [1.0]
     if len(trains) > 1:
         rates = mixture.task_probabilities(sizes, cfg.data.sampling, cfg.data.temperature, cfg.data.sampling_cap)
@@ -402,7 +409,14 @@ def load_config(run_dir: Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a ptune run folder (no config.yaml)")
-    return to_config(OmegaConf.load(path))
+    try:
+        raw = OmegaConf.load(path)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{path} is not valid YAML ({' '.join(str(err).split())[:120]})") from None
+    if not isinstance(raw, DictConfig) or "method" not in raw or "task" not in raw:
+        raise CheckpointError(f"{path} holds no run config (empty, or no method/task); it was not written by "
+                              "ptune train, or was damaged")
+    return to_config(raw)
 
 
 def environment() -> dict[str, str]:

@@ -17,12 +17,12 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from ptune.backbones import attention
+from ptune.backbones import attention, bert
 from ptune.backbones.base import Backbone, Output
 from ptune.backbones.bert import BertBackbone
 from ptune.backbones.t5 import T5Backbone
 from ptune.config import ModelConfig
-from ptune.errors import ModelError, unknown
+from ptune.errors import ConfigError, ModelError, unknown
 from ptune.tasks.base import Task
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,6 +55,43 @@ def _model_config(cfg: ModelConfig):
     else:
         config = DEFAULT_CONFIGS[cfg.family](**overrides)
     return config
+
+
+T5_TYPES = ("t5", "mt5", "umt5")
+
+
+def preflight(cfg: ModelConfig, places: str, prompt_length: int) -> None:
+    """Checks that need only the model's config (no weights): the family matches the checkpoint, and the
+    longest input plus the prompt fits the position table. ``places``: the method's ``places``."""
+    try:
+        config = _model_config(cfg)
+    except OSError as err:
+        raise _not_found(cfg, err) from None
+    kind = getattr(config, "model_type", "?")
+    is_t5 = kind in T5_TYPES
+    name = cfg.hf_id or cfg.name
+    if cfg.family == "bert" and is_t5:
+        raise ModelError(f"model.family=bert but {name} is a {kind!r} model; use model.family=t5")
+    if cfg.family == "t5" and not is_t5:
+        raise ModelError(f"model.family=t5 but {name} is a {kind!r} model; use model.family=bert")
+    if cfg.family == "bert" and getattr(config, "is_encoder_decoder", False):
+        raise ModelError(f"model.family=bert but {name} is a {kind!r} encoder-decoder model, which ptune does not "
+                         "place prompts in; choose a BERT-family or T5 model")
+    if is_t5:
+        return  # relative position buckets: no position table to overflow
+    limit = getattr(config, "max_position_embeddings", None)
+    if not limit:
+        return
+    if kind in ("roberta", "xlm-roberta", "camembert"):
+        limit -= config.pad_token_id + 1  # RoBERTa's positions start after the padding index
+    extra = prompt_length if places == "input" else (
+        prompt_length if places == "prefix" and kind in bert.PAST_SHIFTS_POSITIONS else 0)
+    if cfg.max_length + extra > limit:
+        what = (f" + {extra} virtual tokens" if places == "input" else
+                f" + a {extra}-token prefix (it shifts {kind}'s position ids)") if extra else ""
+        fix = f"model.max_length<={limit - extra}" + (" or a shorter prompt" if extra else "")
+        raise ConfigError(f"model.max_length={cfg.max_length}{what} needs {cfg.max_length + extra} positions, but "
+                          f"{cfg.hf_id or cfg.name} has {limit}; use {fix}")
 
 
 def _load_model(cfg: ModelConfig, dtype: torch.dtype, attn: str):

@@ -97,6 +97,9 @@ class PromptMethod(nn.Module):
     """
 
     task_aware = False
+    # where the prompt goes, for length checks before the model loads: "input" (num_virtual_tokens soft
+    # tokens among the input's), "prefix" (per-layer keys/values of that length), "none"
+    places = "input"
 
     def __init__(self, cfg, dims: BackboneDims, label_words: list[list[str]], tasks: list[TaskInfo] | None = None):
         super().__init__()

@@ -119,6 +119,7 @@ def uniform_(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
 @register("hyperprompt", HyperPromptConfig)
 class HyperPrompt(PromptMethod):
     task_aware = True
+    places = "prefix"
     def __init__(self, cfg: HyperPromptConfig, dims: BackboneDims, label_words: list[list[str]],
                  tasks: list[TaskInfo] | None = None):
         super().__init__(cfg, dims, label_words, tasks)

@@ -51,5 +51,7 @@ class ModelTuningConfig(MethodConfig):
 class ModelTuning(PromptMethod):
     """Places nothing; the trained body and heads are the run's parameters."""
 
+    places = "none"
+
     def forward(self, task_ids: Tensor) -> Prompt:
         return Prompt()

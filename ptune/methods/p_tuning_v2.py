@@ -64,6 +64,7 @@ class PrefixEncoder(nn.Module):
 
 @register("p_tuning_v2", PTuningV2Config)
 class PTuningV2(PromptMethod):
+    places = "prefix"
     def __init__(self, cfg: PTuningV2Config, dims: BackboneDims, label_words: list[list[str]],
                  tasks: list[TaskInfo] | None = None):
         super().__init__(cfg, dims, label_words, tasks)

@@ -67,6 +67,9 @@ def initial_prompt(cfg: PromptTuningConfig, dims: BackboneDims, label_words: lis
                 sampled[i] = emb[ids].mean(0)
         return sampled
     ids = dims.tokenize(cfg.init_text or "")
+    if not ids:
+        raise ConfigError(f"method.init_text={cfg.init_text!r} gives no tokens with this model's tokenizer; "
+                          "give some words, or another method.init")
     ids = (ids * math.ceil(p / len(ids)))[:p]
     return emb[ids].clone()
 

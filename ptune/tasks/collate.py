@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ptune.errors import ConfigError
 from ptune.tasks.base import Example, Task
 
 IGNORE = -100
@@ -43,7 +44,7 @@ def featurize(task: Task, task_id: int, examples: list[Example], tokenizer, fami
     """``cloze`` (BERT family, ``model.head=mlm``): each row gets the tokenizer's mask token right before its
     final separator, within ``max_length`` (the text is truncated one token shorter to make room)."""
     if family == "t5":
-        feats = _t5_features(examples, tokenizer, max_length, max_target_length)
+        feats = _t5_features(task, examples, tokenizer, max_length, max_target_length)
     else:
         feats = _encoder_features(task, examples, tokenizer, max_length - 1 if cloze else max_length)
         if cloze:
@@ -55,13 +56,18 @@ def featurize(task: Task, task_id: int, examples: list[Example], tokenizer, fami
     return Split(task, task_id, examples, feats)
 
 
-def _t5_features(examples: list[Example], tok, max_length: int, max_target: int) -> list[dict]:
+def _t5_features(task: Task, examples: list[Example], tok, max_length: int, max_target: int) -> list[dict]:
     sources = tok([e.source for e in examples], truncation=True, max_length=max_length)["input_ids"]
     cache: dict[tuple[str, ...], list[list[int]]] = {}
     feats = []
     for e, ids in zip(examples, sources, strict=True):
         if e.candidates not in cache:
             cache[e.candidates] = tok(list(e.candidates), truncation=True, max_length=max_target)["input_ids"]
+            distinct = {tuple(c) for c in cache[e.candidates]}
+            # a label's verbalizers cut to the same tokens: rank scoring could never tell them apart
+            if task.head == "classification" and len(distinct) < len(set(e.candidates)):
+                raise ConfigError(f"task {task.name}: with model.max_target_length={max_target} the answers "
+                                  f"{list(e.candidates)[:4]} cut to the same tokens; raise model.max_target_length")
         feats.append({"input_ids": ids, "cands": cache[e.candidates], "target": e.target, "length": len(ids)})
     return feats
 
