@@ -88,7 +88,8 @@ def build(runs: list[Run], per_task: bool = False) -> tuple[list[Row], list[str]
             metrics[task] = run.task_metrics[task] if split else (run.main_metric or "?")
         if run.trainable is not None and run.total is not None:
             row.trainable.add(run.trainable)
-            row.share.add(100.0 * run.trainable / max(1, run.total - run.trainable))
+            frozen = run.total - run.trainable  # the frozen backbone; a trained body (model tuning): the whole model
+            row.share.add(100.0 * run.trainable / (frozen if frozen >= run.trainable else max(1, run.total)))
     return sorted(rows.values(), key=lambda r: (r.model, r.label)), sorted(metrics), metrics
 
 
