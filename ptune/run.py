@@ -12,7 +12,7 @@ import os
 import platform
 import subprocess
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from ptune.tasks.base import Task
 from ptune.tasks.collate import Split, featurize
 from ptune.tasks.data import check_labels, resolve_root
 from ptune.training import checkpoint as ckpt
+from ptune.training import distributed
 from ptune.training.loop import fit
 
 FOLDED = "folded.safetensors"
@@ -151,10 +152,14 @@ def run_metadata(cfg: Config) -> dict[str, str]:
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when visible, else the CPU; one rank of several takes ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
+    world = distributed.current()
+    if name == "cuda" and world.parallel:
+        return torch.device("cuda", world.local_rank)
     return torch.device(name)
 
 
@@ -267,9 +272,16 @@ def train(cfg: Config, console: Console, sweep: dict | None = None) -> dict:
     Raises ``Interrupted`` when a signal stopped it (the state is saved first). ``sweep`` (the job's
     overrides and variant) goes into results.json so ``ptune table`` can tell sweep rows apart.
     """
+    world = distributed.setup(cfg.trainer.device)
+    if not world.main:
+        console = Console(quiet=True)
     run_dir = Path(cfg.resolved_run_dir())
-    with run_lock(run_dir):
-        done = check_run_folder(cfg, run_dir)
+    with ExitStack() as held:
+        def claim() -> dict | None:  # rank 0 locks and checks the folder; the other ranks take its verdict
+            held.enter_context(run_lock(run_dir))
+            return check_run_folder(cfg, run_dir)
+
+        done = world.agree(claim)
         if done is not None:
             console.print(f"[bold]ptune[/] {run_dir} already finished ({done.get('steps')} steps, "
                           f"{done.get('stopped')}); left untouched")
@@ -284,7 +296,8 @@ def _train(cfg: Config, console: Console, run_dir: Path, sweep: dict | None) -> 
     if source is not None:
         n = transfer.apply(parts.method, cfg, *source)
         console.print(f"initialised the method's {n} parameter tensors from {source[2]} (method.init_from)")
-    save_config(cfg, run_dir)
+    if distributed.current().main:
+        save_config(cfg, run_dir)
     counts = parts.parameter_counts()
     console.print(
         f"[bold]ptune[/] {cfg.method.name} on {cfg.task_label} with {cfg.model.name} -> {run_dir}  "
@@ -432,6 +445,7 @@ def environment() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     env["argv"] = " ".join(sys.argv)
+    env["world_size"] = str(distributed.current().size)
     return env
 
 
@@ -456,5 +470,6 @@ def write_results(parts: Parts, outcome: dict, sweep: dict | None = None) -> dic
     }
     if sweep:
         results["sweep"] = sweep
-    ckpt.atomic_write_json(parts.run_dir / "results.json", results)
+    if distributed.current().main:
+        ckpt.atomic_write_json(parts.run_dir / "results.json", results)
     return results

@@ -35,6 +35,7 @@ from rich.console import Console
 from ptune.config import Config, check_key_value, compose_config, to_config
 from ptune.errors import ConfigError, PtuneError
 from ptune.training import checkpoint as ckpt
+from ptune.training import distributed
 
 RECORD = "sweep.json"
 NAMED = ("method", "task", "model", "seed")  # already in every run folder's name
@@ -60,7 +61,8 @@ def single_run(raw: DictConfig) -> float:
         raise SystemExit(2) from None
     except Interrupted as stop:
         raise SystemExit(interrupted(stop, cfg.resolved_run_dir())) from None
-    print(json.dumps({"run_dir": results["run_dir"], "best": results["best"]}))
+    if distributed.is_main_process():
+        print(json.dumps({"run_dir": results["run_dir"], "best": results["best"]}))
     return best_metric(results)
 
 
@@ -188,6 +190,9 @@ def first_value(o: Override) -> str | None:
 @contextmanager
 def locked(sweep_dir: Path):
     """Jobs of one sweep may run at once (joblib, SLURM): read-modify-write sweep.json under a lock."""
+    if not distributed.is_main_process():  # a torchrun sweep: every rank runs each job; rank 0 records
+        yield read_record(sweep_dir) or {"jobs": []}
+        return
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with open(sweep_dir / ".sweep.lock", "a") as f:
         fcntl.lockf(f, fcntl.LOCK_EX)

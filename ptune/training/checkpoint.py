@@ -152,13 +152,16 @@ def set_rng_state(tensors: dict[str, Tensor], meta: dict) -> None:
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
 
 
-def save_state(folder: Path, params: dict[str, Tensor], optimizer: dict, progress: dict) -> None:
-    """Write the whole training state to ``folder`` atomically (fill a temp folder, then swap)."""
+def save_state(folder: Path, params: dict[str, Tensor], optimizer: dict, progress: dict,
+               rank_rng: dict[str, Tensor] | None = None) -> None:
+    """Write the whole training state to ``folder`` atomically (fill a temp folder, then swap).
+    ``rank_rng``: the other ranks' RNG states of a distributed run, kept beside this process's."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     opt_t, opt_meta = flatten_optimizer(optimizer)
     rng_t, rng_meta = rng_state()
+    rng_t.update(rank_rng or {})
     atomic_save_tensors(tmp / "params.safetensors", params)
     atomic_save_tensors(tmp / "optimizer.safetensors", opt_t)
     atomic_save_tensors(tmp / "rng.safetensors", rng_t)

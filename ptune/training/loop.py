@@ -7,6 +7,7 @@ draw one-task batches by their own sampling rule (ptune/tasks/mixture.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -20,6 +21,7 @@ from ptune.errors import TrainingError
 from ptune.tasks.collate import collate, eval_batches, iterate, to_device
 from ptune.tasks.mixture import average, mixture_batches, task_score
 from ptune.training import checkpoint as ckpt
+from ptune.training import distributed
 from ptune.training.early_stopping import EarlyStopping
 from ptune.training.optim import build_optimizer, build_scheduler
 from ptune.training.report import Reporter
@@ -79,7 +81,16 @@ def predict(parts, split, batch_size: int) -> list:
 
 
 def evaluate(parts, split) -> dict[str, float]:
-    preds = predict(parts, split, parts.cfg.trainer.eval_batch_size)
+    world = distributed.current()
+    if not world.parallel:
+        preds = predict(parts, split, parts.cfg.trainer.eval_batch_size)
+    else:  # each rank predicts its shard; every rank gets every prediction, so all take the same decisions
+        mine = world.shard(list(range(len(split))))
+        shard = dataclasses.replace(split, examples=[split.examples[i] for i in mine],
+                                    features=[split.features[i] for i in mine])
+        preds = [None] * len(split)
+        for rank, got in enumerate(world.gather(predict(parts, shard, parts.cfg.trainer.eval_batch_size))):
+            preds[rank :: world.size] = got
     return split.task.compute_metrics(preds, split.examples)
 
 
@@ -121,6 +132,9 @@ def fit(parts, console: Console | None = None) -> dict:
     optimizer = build_optimizer(cfg.optimizer, parts.param_groups(), cfg.lr, parts.device)
     scheduler = build_scheduler(cfg.optimizer, optimizer, tcfg.max_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=parts.device.type == "cuda" and tcfg.precision == "fp16")
+    world = distributed.current()
+    if not world.main:
+        console = None  # rank 0 reports and writes; the others train and evaluate
     stopper = EarlyStopping(tcfg.patience)
     progress = {"step": 0, "epoch": 0, "batch": 0, "wall_time": 0.0, "history": [], "loss_sum": 0.0,
                 "loss_count": 0}
@@ -133,14 +147,18 @@ def fit(parts, console: Console | None = None) -> dict:
         scheduler.load_state_dict(progress.pop("scheduler"))
         stopper = EarlyStopping(**progress.pop("early_stopping"))
         ckpt.set_rng_state(rng["t"], rng["m"])
+        distributed.set_rank_rng(rng["t"], world)
         if console is not None:
             console.print(f"resuming {run_dir} from step {progress['step']} (its state/ folder)")
 
     def save_state():
-        prog = dict(progress, scheduler=scheduler.state_dict(), early_stopping=stopper.state())
-        ckpt.save_state(run_dir / "state", ckpt.trainable_state(modules), optimizer.state_dict(), prog)
+        rank_rng = distributed.rank_rng(world)  # every rank's RNG (dropout), so a resume replays them all
+        if world.main:
+            prog = dict(progress, scheduler=scheduler.state_dict(), early_stopping=stopper.state())
+            ckpt.save_state(run_dir / "state", ckpt.trainable_state(modules), optimizer.state_dict(), prog, rank_rng)
 
     reporter = Reporter(console, tcfg, start_step=progress["step"])
+    runner = distributed.Trainer(parts, world)
     lengths = [split.lengths() for split in parts.trains]
     flag: dict = {}
     start = time.perf_counter() - progress["wall_time"]
@@ -151,7 +169,10 @@ def fit(parts, console: Console | None = None) -> dict:
                                       tcfg.group_by_length)
             while progress["batch"] + tcfg.grad_accum <= len(batches):
                 group = batches[progress["batch"] : progress["batch"] + tcfg.grad_accum]
-                loss = train_step(parts, optimizer, scheduler, scaler, group, params)
+                loss = train_step(parts, optimizer, scheduler, scaler, group, params, runner)
+                loss, signalled = world.sum([loss, float(bool(flag))])  # the global loss; a signal stops every rank
+                if signalled and not flag:
+                    flag["signum"] = signal.SIGTERM
                 progress["batch"] += tcfg.grad_accum
                 progress["step"] += 1
                 step = progress["step"]
@@ -167,7 +188,7 @@ def fit(parts, console: Console | None = None) -> dict:
                     record_eval(parts, progress, stopper, modules, start, reporter)
                     if stopper.should_stop:
                         stop_reason = "early_stopping"
-                if step in tcfg.snapshot_steps:  # SPoT's early prompts (ptune similarity --step)
+                if step in tcfg.snapshot_steps and world.main:  # SPoT's early prompts (ptune similarity --step)
                     parts.save_prompt(run_dir / "snapshots" / f"step-{step}" / "prompt.safetensors", step=step)
                 save_now = tcfg.save_every and step % tcfg.save_every == 0
                 if save_now or step % tcfg.eval_every == 0 or step == tcfg.max_steps or flag or stop_reason != "max_steps":
@@ -184,20 +205,29 @@ def fit(parts, console: Console | None = None) -> dict:
     return {"stopped": stop_reason, "progress": progress, "best_step": stopper.best_step}
 
 
-def train_step(parts, optimizer, scheduler, scaler, group, params) -> float:
+def train_step(parts, optimizer, scheduler, scaler, group, params, runner=None) -> float:
     """One optimizer step over ``group``: batches of row indices, several for gradient accumulation; a
-    batch is ``(task id, rows)`` in a mixture, or the rows alone for the first task."""
+    batch is ``(task id, rows)`` in a mixture, or the rows alone for the first task. With several ranks
+    each takes its shard of every batch (ptune/training/distributed.py); returns this rank's share of
+    the loss."""
     parts.method.train()
     parts.backbone.train()
+    runner = runner or distributed.Trainer(parts, distributed.World())
+    world = runner.world
     total = 0.0
-    for item in group:
+    for k, item in enumerate(group):
         t, idx = item if isinstance(item, tuple) else (0, item)
-        batch = to_device(collate(parts.trains[t], idx, parts.backbone.family, parts.pad_id), parts.device)
-        with amp_context(parts):
-            out = parts.backbone(batch, parts.method(batch["task_ids"]), score=False)
-        loss = out.loss.float() / len(group)
+        rows = world.shard(idx)
+        # a rank with no rows of a tiny batch still runs one (weight 0), so DDP's collectives line up
+        batch = to_device(collate(parts.trains[t], rows or idx[:1], parts.backbone.family, parts.pad_id),
+                          parts.device)
+        mine = distributed.loss_terms(batch) if rows else 0
+        share = mine / world.sum([mine])[0] if world.parallel else 1.0
+        with amp_context(parts), runner.no_sync(last=k == len(group) - 1):
+            loss = runner.module(batch).float() * (share * runner.scale() / len(group))
         scaler.scale(loss).backward()
-        total += loss.item()
+        total += loss.item() / runner.scale()
+    runner.sync(params)
     if parts.cfg.optimizer.max_grad_norm > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, parts.cfg.optimizer.max_grad_norm)
@@ -219,6 +249,8 @@ def record_eval(parts, progress, stopper, modules, start, reporter) -> None:
            "elapsed_s": round(time.perf_counter() - start, 3), **metrics, "best": improved}
     progress["history"].append(row)
     run_dir = Path(parts.run_dir)
+    if not distributed.current().main:
+        return
     if improved:
         parts.save_prompt(run_dir / "prompt.safetensors", step=step)
     ckpt.atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonl(r) for r in progress["history"]))
