@@ -26,9 +26,10 @@ PEFT_SYSTEM, PTUNE_SYSTEM = "peft", "ptune"
 # --- ptune ------------------------------------------------------------------------------------------
 def ptune_overrides(args, method: str, precision: str, train_limit: int, extra: tuple = ()) -> list[str]:
     """The `ptune train` overrides of one configuration (the same strings the CLI would get)."""
+    prompt = [] if method == "model_tuning" else [f"method.num_virtual_tokens={args.num_virtual_tokens}"]
     return [
         f"method={method}", f"model={args.model}", "task=sst2", f"data.root={args.data_root}",
-        f"data.train_limit={train_limit}", f"method.num_virtual_tokens={args.num_virtual_tokens}",
+        f"data.train_limit={train_limit}", *prompt,
         f"model.max_length={args.max_length}", f"trainer.batch_size={args.batch_size}",
         f"trainer.eval_batch_size={args.eval_batch_size}", f"trainer.precision={precision}",
         f"trainer.device={args.device}", f"trainer.num_threads={args.threads}", f"seed={args.seed}",
@@ -99,16 +100,51 @@ def fixed_batches(n_rows: int, batch_size: int) -> list[list[int]]:
 
 
 # --- PEFT -------------------------------------------------------------------------------------------
-def peft_config(method_cfg):
-    """PEFT's equivalent of a ptune method config (task type SEQ_CLS)."""
-    from peft import PrefixTuningConfig, PromptTuningConfig, TaskType
+# each ptune method's PEFT twin in the benchmarks; PEFT has no hypernetwork-generated prompts, so
+# structured and hyperprompt are timed against the PEFT method with the same prompt shape (the nearest),
+# and model tuning against the plain Hugging Face model with every weight trained (no PEFT at all)
+TWINS = {
+    "prompt_tuning": "PromptTuningConfig",
+    "p_tuning": "PromptEncoderConfig (LSTM or MLP, as method.encoder)",
+    "p_tuning_v2": "PrefixTuningConfig(prefix_projection=False)",
+    "prefix_tuning": "PrefixTuningConfig(prefix_projection=True)",
+    "structured": "PromptTuningConfig (nearest: the same prompt length, no hypernetwork)",
+    "hyperprompt": "PrefixTuningConfig(prefix_projection=False) (nearest: per-layer keys/values, no hypernetwork)",
+    "model_tuning": "the plain model, every weight trained (no PEFT)",
+}
 
-    p = method_cfg.num_virtual_tokens
-    if method_cfg.name == "prompt_tuning":
+
+def peft_config(method_cfg, hidden_size: int):
+    """PEFT's equivalent of a ptune method config (task type SEQ_CLS); ``None`` for model tuning."""
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType
+
+    name, p = method_cfg.name, method_cfg.num_virtual_tokens
+    if name not in TWINS:
+        raise SystemExit(f"bench: no PEFT twin for method {name!r}; known: {', '.join(TWINS)}")
+    if name == "model_tuning":
+        return None
+    if name in ("prompt_tuning", "structured"):
         return PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=p)
+    if name == "p_tuning":
+        lstm = method_cfg.encoder == "lstm"
+        hidden = method_cfg.encoder_hidden_size or (hidden_size // 2 if lstm else hidden_size)
+        return PromptEncoderConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=p, encoder_hidden_size=hidden,
+                                   encoder_reparameterization_type="LSTM" if lstm else "MLP",
+                                   encoder_num_layers=method_cfg.encoder_num_layers if lstm else 2)
     reparam = bool(getattr(method_cfg, "reparameterize", False))
     return PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=p, prefix_projection=reparam,
                               encoder_hidden_size=getattr(method_cfg, "prefix_hidden_size", 512))
+
+
+def peft_model(base, method_cfg):
+    """``base`` under the method's PEFT twin (model tuning: ``base`` itself, every weight trainable)."""
+    from peft import get_peft_model
+
+    config = peft_config(method_cfg, base.config.hidden_size)
+    if config is None:
+        base.requires_grad_(True)
+        return base
+    return get_peft_model(base, config)
 
 
 def peft_base(model_cfg, num_labels: int = 2, pretrained: bool = True):
@@ -127,14 +163,13 @@ def peft_base(model_cfg, num_labels: int = 2, pretrained: bool = True):
 
 def peft_twin(parts):
     """PEFT's model for ``parts``' method on exactly ptune's frozen weights and head (copied)."""
-    from peft import get_peft_model
 
     base = peft_base(parts.cfg.model, parts.task.num_labels, pretrained=False)
     base.bert.load_state_dict(parts.backbone.model.state_dict())
     head = parts.backbone.heads[parts.task.name].classifier
     base.classifier.load_state_dict(head.state_dict())
     torch.manual_seed(parts.cfg.seed)
-    return get_peft_model(base, peft_config(parts.cfg.method)).to(parts.device)
+    return peft_model(base, parts.cfg.method).to(parts.device)
 
 
 def peft_optimizer(model, lr: float, total_steps: int, max_grad_norm: float = 1.0, warmup_ratio: float = 0.06):

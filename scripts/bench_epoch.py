@@ -25,7 +25,7 @@ from bench_common import (
     build_parts,
     paired_ratio,
     peft_base,
-    peft_config,
+    peft_model,
     peft_optimizer,
     peft_step,
     ptune_optimizer,
@@ -79,7 +79,6 @@ def peft_loader(args, tok, records: list[dict], padding: str, shuffle: bool, bat
 
 
 def peft_epoch(args, cfg, padding: str) -> dict:
-    from peft import get_peft_model
     from transformers import AutoTokenizer
 
     start = time.perf_counter()
@@ -87,7 +86,7 @@ def peft_epoch(args, cfg, padding: str) -> dict:
     records = sst2_records(args, tok, "train", args.epoch_rows)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     torch.manual_seed(args.seed)
-    model = get_peft_model(peft_base(cfg.model), peft_config(cfg.method)).to(device)
+    model = peft_model(peft_base(cfg.model), cfg.method).to(device)
     loader = peft_loader(args, tok, records, padding, shuffle=True, batch_size=args.batch_size)
     built = time.perf_counter() - start
     state = peft_optimizer(model, cfg.lr, len(loader))

@@ -26,8 +26,8 @@ from bench_common import (
     full_length_texts,
     peak_mb,
     peft_base,
-    peft_config,
     peft_inputs,
+    peft_model,
     peft_optimizer,
     peft_step,
     ptune_optimizer,
@@ -49,7 +49,6 @@ def ptune_runner(args):
 
 def peft_runner(args):
     from bench_common import ptune_overrides
-    from peft import get_peft_model
     from transformers import AutoTokenizer
 
     from ptune.config import load
@@ -59,7 +58,7 @@ def peft_runner(args):
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     tok = AutoTokenizer.from_pretrained(cfg.model.tokenizer_id or cfg.model.hf_id)
     texts = full_length_texts(args.data_root, tok, 2 * args.batch_size, args.max_length)
-    model = get_peft_model(peft_base(cfg.model), peft_config(cfg.method)).to(device)
+    model = peft_model(peft_base(cfg.model), cfg.method).to(device)
     state = peft_optimizer(model, cfg.lr, 1_000_000)
     from ptune import tasks
 

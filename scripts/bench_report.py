@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-PEFT_NAMES = {"prompt_tuning": "PromptTuningConfig", "p_tuning_v2": "PrefixTuningConfig(prefix_projection=False)",
-              "prefix_tuning": "PrefixTuningConfig(prefix_projection=True)"}
+from bench_common import TWINS as PEFT_NAMES  # noqa: E402
 
 
 def ms(s: dict) -> str:

@@ -166,7 +166,8 @@ def method_gradient(args, method: str, precision: str, texts: list) -> tuple[tor
     from ptune.tasks.collate import collate
     from ptune.tasks.collate import to_device as pt_device
 
-    extra = ("model.dropout=0.0",) + (() if method == "prompt_tuning" else ("method.prefix_dropout=0.0",))
+    extra = ("model.dropout=0.0",) + (("method.prefix_dropout=0.0",) if method in ("p_tuning_v2", "prefix_tuning")
+                                      else ("method.encoder_dropout=0.0",) if method == "p_tuning" else ())
     parts = build_parts(args, method, precision, train_limit=args.batch_size, extra=extra)
     split = full_length_split(parts, texts[: args.batch_size])
     batch = pt_device(collate(split, list(range(args.batch_size)), parts.backbone.family, parts.pad_id), parts.device)
@@ -174,7 +175,8 @@ def method_gradient(args, method: str, precision: str, texts: list) -> tuple[tor
     parts.backbone.train()
     loss = parts.backbone(batch, parts.method(batch["task_ids"]), score=False).loss
     loss.backward()
-    grad = torch.cat([p.grad.detach().float().flatten() for p in parts.method.parameters()])
+    trained = [*parts.method.parameters()] or [p for p in parts.backbone.parameters() if p.requires_grad]
+    grad = torch.cat([p.grad.detach().float().flatten() for p in trained if p.grad is not None])
     return grad.cpu(), float(loss)
 
 

@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 import torch
-from bench_common import add_common_args, peft_base, peft_config, peft_optimizer, peft_step, quiet_libraries
+from bench_common import add_common_args, peft_base, peft_model, peft_optimizer, peft_step, quiet_libraries
 from bench_epoch import peft_loader, peft_validation, sst2_records
 
 
@@ -33,7 +33,6 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     quiet_libraries()
-    from peft import get_peft_model
     from transformers import AutoTokenizer
 
     from ptune.config import load
@@ -45,7 +44,7 @@ def main() -> int:
     for seed in args.seeds:
         random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
         args.seed = seed
-        model = get_peft_model(peft_base(cfg.model), peft_config(cfg.method))
+        model = peft_model(peft_base(cfg.model), cfg.method)
         state = peft_optimizer(model, args.lr, args.steps)
         loader = peft_loader(args, tok, train, "longest", shuffle=True, batch_size=args.batch_size)
         for batch in itertools.islice(itertools.cycle(loader), args.steps):
