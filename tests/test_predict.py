@@ -208,3 +208,25 @@ def test_bad_inputs_fail_in_one_line_before_the_model_loads(runs, tmp_path, caps
     assert expect in one_line(capsys, argv, monkeypatch)
     if case == "own_files":
         assert (run_dir / "metrics.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+@pytest.mark.parametrize("name", sorted(tasks.TASKS))
+def test_every_task_predicts_on_both_families(name, family):
+    """Unlabelled rows of every task through both families: a prediction of the task's kind and scores
+    that sum to one, per row."""
+    from ptune import run
+    from tests.conftest import tiny_config
+
+    task = tasks.get(name)
+    rows = tasks.load_rows(task.hub_id, task.hub_config, task.splits["validation"], root=root_for(task), limit=4)
+    bare = [{c: r[c] for c in (*task.input_columns, "entity_spans") if c in r} for r in rows]
+    cfg = tiny_config(family, "prompt_tuning", f"task={name}")
+    loaded = predict.Loaded(cfg.resolved_run_dir(), run.build(cfg, train=False, examples={"eval": []}), 0)
+    for out in loaded.predict(0, bare, "rows"):
+        scores = [v for k, v in out.items() if k.startswith("score_")] or out.get("scores")
+        if task.head == "regression":
+            assert isinstance(out["prediction"], float) and scores is None
+        else:
+            assert sum(scores) == pytest.approx(1.0)
+            assert out["prediction"] in (task.label_names or [out["prediction"]])
