@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ptune.errors import ConfigError, DataError
 EXPORT_FORMATS = ("peft",)
 
 
-def overrides_of(overrides: list[str] | dict[str, Any]) -> list[str]:
+def overrides_of(overrides: Sequence[str] | dict[str, Any]) -> list[str]:
     """``{"task": ["rte", "mrpc"], "trainer.max_steps": 10}`` -> ``["task=[rte,mrpc]", "trainer.max_steps=10"]``."""
     if not isinstance(overrides, dict):
         return [str(o) for o in overrides]
@@ -39,7 +40,7 @@ def overrides_of(overrides: list[str] | dict[str, Any]) -> list[str]:
     return [f"{k}={value(v)}" for k, v in overrides.items()]
 
 
-def train(overrides: list[str] | dict[str, Any], console: Console | None = None) -> dict:
+def train(overrides: Sequence[str] | dict[str, Any], console: Console | None = None) -> dict:
     """Train one run (``ptune train`` without ``-m``) and return its results (results.json, plus ``run_dir``)."""
     from ptune import run
     from ptune.config import load as load_config
@@ -51,7 +52,7 @@ def train(overrides: list[str] | dict[str, Any], console: Console | None = None)
 class Run:
     """A trained run folder with its saved prompt loaded (``ptune.load``)."""
 
-    def __init__(self, run_dir: str | Path, overrides: list[str] | dict[str, Any] = ()):
+    def __init__(self, run_dir: str | Path, overrides: Sequence[str] | dict[str, Any] = ()):
         from ptune import predict
 
         self.run_dir = Path(run_dir)
@@ -102,6 +103,6 @@ class Run:
         return peft.export(self.run_dir, out)
 
 
-def load(run_dir: str | Path, overrides: list[str] | dict[str, Any] = ()) -> Run:
+def load(run_dir: str | Path, overrides: Sequence[str] | dict[str, Any] = ()) -> Run:
     """A run folder ready to predict; ``overrides`` as for ``ptune predict`` (e.g. ``trainer.device=cpu``)."""
     return Run(run_dir, overrides)

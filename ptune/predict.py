@@ -19,6 +19,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ PROTECTED = ("config.yaml", PROMPT, "folded.safetensors", "metrics.jsonl", "resu
 
 
 # --- the run --------------------------------------------------------------------------------------
-def run_config(run_dir: Path, overrides: list[str] = (), command: str = "ptune predict") -> Config:
+def run_config(run_dir: Path, overrides: Sequence[str] = (), command: str = "ptune predict") -> Config:
     """The saved config of a run folder with ``key=value`` overrides (``data.root=...``), checked."""
     from ptune import run
 
@@ -51,7 +52,7 @@ def run_config(run_dir: Path, overrides: list[str] = (), command: str = "ptune p
     if bad:
         raise ConfigError(f"{command} takes key=value overrides; {bad[0]!r} is not one (e.g. data.root=...)")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(saved), OmegaConf.from_dotlist(list(overrides)))
+        merged: Any = OmegaConf.merge(OmegaConf.structured(saved), OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or overrides[0].split("=", 1)[0]
         raise ConfigError(f"{command}: {key!r} cannot be set that way ({str(err).splitlines()[0]})") from None
@@ -101,7 +102,7 @@ def load(run_dir: Path, cfg: Config) -> Loaded:
     return Loaded(Path(run_dir), parts, parts.load_prompt(Path(run_dir) / PROMPT))
 
 
-def outputs(task: Task, example: Example, prediction: Any, raw: float | list[float]) -> dict[str, Any]:
+def outputs(task: Task, example: Example, prediction: Any, raw: Any) -> dict[str, Any]:
     """A row's ``prediction`` and scores (see the module docstring)."""
     if task.head == "regression":  # STS-B: the value (T5's bucket, or the encoder's regression output)
         return {"prediction": prediction}
