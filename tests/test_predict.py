@@ -230,3 +230,19 @@ def test_every_task_predicts_on_both_families(name, family):
         else:
             assert sum(scores) == pytest.approx(1.0)
             assert out["prediction"] in (task.label_names or [out["prediction"]])
+
+
+def test_csv_values_arrive_as_text_and_still_read(tmp_path):
+    """CSV has no types: WSC's span indices come back as strings and still place the spans."""
+    import csv
+
+    task = tasks.get("wsc")
+    rows = tasks.load_rows(task.hub_id, task.hub_config, task.splits["validation"], root=root_for(task), limit=3)
+    path = tmp_path / "wsc.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(task.input_columns))
+        writer.writeheader()
+        writer.writerows({c: r[c] for c in task.input_columns} for r in rows)
+    read = predict.read_rows(path)
+    assert isinstance(read[0]["span1_index"], str)
+    assert [e.source for e in prediction_examples(task, read, "csv")] == [task.example(r).source for r in rows]

@@ -106,7 +106,7 @@ class WscTask(TextTask):
     EXTRA_INPUTS: ClassVar[tuple[str, ...]] = ("text", "span1_index", "span1_text", "span2_index", "span2_text")
 
     def spans(self, row: dict[str, Any]) -> tuple[tuple[int, int], ...]:
-        return tuple(char_span(row["text"], row[f"{k}_index"], row[f"{k}_text"]) for k in ("span1", "span2"))
+        return tuple(char_span(row["text"], int(row[f"{k}_index"]), row[f"{k}_text"]) for k in ("span1", "span2"))
 
     def source(self, row: dict[str, Any]) -> str:
         text = row["text"]
