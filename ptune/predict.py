@@ -228,8 +228,9 @@ def command(run_dir: Path, source: str | None, out: str | None, task: str | None
         spec, role = tasks.get(name), cfg.data.eval_split
         if role not in spec.splits:
             raise ConfigError(f"task {name!r} has no split {role!r}; choose one of: {', '.join(spec.splits)}")
-        rows = tasks.load_rows(spec.hub_id, spec.hub_config, spec.splits[role], root=cfg.data.root,
-                               limit=cfg.data.eval_limit)
+        # the whole split unless this command limits it: a run trained with data.eval_limit saved that limit
+        limit = cfg.data.eval_limit if any(o.startswith("data.eval_limit=") for o in overrides) else None
+        rows = tasks.load_rows(spec.hub_id, spec.hub_config, spec.splits[role], root=cfg.data.root, limit=limit)
         if not rows:
             raise DataError(f"task {name!r} split {role!r} holds no rows")
         stem, where = role, f"task {name!r} split {role!r}"

@@ -121,6 +121,15 @@ def test_the_unlabelled_test_split_predicts(runs, capsys):
     assert all(r["prediction"] in ("negative", "positive") for r in rows)
 
 
+def test_a_split_is_read_whole_unless_this_command_limits_it(runs, monkeypatch, capsys):
+    """The run was trained with data.eval_limit=8 (saved in its config.yaml); predict ignores that."""
+    seen = []
+    monkeypatch.setattr(tasks, "load_rows", lambda *a, **k: seen.append(k["limit"]) or [])
+    assert main(["predict", f"run={runs['bert']}", "data.eval_split=test"]) == 2
+    assert main(["predict", f"run={runs['bert']}", "data.eval_split=test", "data.eval_limit=3"]) == 2
+    assert seen == [None, 3] and "split 'test' holds no rows" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", sorted(tasks.TASKS))
 def test_every_task_reads_rows_of_its_input_columns_unlabelled(name):
     """The data layer accepts unlabelled rows: the task's input columns alone give the labelled example's
