@@ -38,6 +38,9 @@ commands:
              (a Hydra app: ptune train --help, --cfg job, --info, hydra/launcher=joblib|submitit_slurm,
              hydra/sweeper=optuna)
   eval       re-score a saved run:        ptune eval run=outputs/<run> [data.root=...]
+  predict    a saved run's predictions (label, per-class scores) for a .jsonl/.csv/.parquet file, or for a
+             task's split (test splits are unlabelled):   ptune predict run=outputs/<run> input=rows.jsonl
+             [out=preds.csv] [task=<one of a mixture's>] | ptune predict run=outputs/<run> data.eval_split=test
   describe   the resolved config, then the method's trainable parameters (share of the backbone) and
              what it injects where; no weights are read:  ptune describe method=hyperprompt model=t5-base
   table      sweep or run folders -> methods x tasks, mean ± std over seeds (n), paper numbers beside
@@ -156,6 +159,20 @@ def cmd_eval(overrides: list[str]) -> int:
     return 0
 
 
+def cmd_predict(overrides: list[str]) -> int:
+    """Predictions of a run's saved prompt for rows of a file or of a task's split (ptune/predict.py)."""
+    from ptune import predict
+
+    given = {k: o.split("=", 1)[1] for o in overrides for k in ("run", "input", "out", "task") if o.startswith(f"{k}=")}
+    if "run" not in given:
+        raise ConfigError("ptune predict needs run=<run folder>, e.g. ptune predict run=outputs/<run> input=rows.jsonl")
+    rest = [o for o in overrides if not o.startswith(("run=", "input=", "out=", "task="))]
+    done = predict.command(Path(given["run"]), given.get("input"), given.get("out"), given.get("task"), rest,
+                           Console(stderr=True))
+    print(json.dumps(done))
+    return 0
+
+
 def cmd_describe(overrides: list[str]) -> int:
     """The resolved config, then (as YAML comments) the method's parameter counts and injection sites."""
     from ptune import describe
@@ -198,7 +215,7 @@ def cmd_plot(args: list[str]) -> int:
     return plot.main(flags.folders, flags.out, Console())
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ encoder regression head); :meth:`Task.decode` turns that into the value the metr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 Head = Literal["classification", "regression", "multiple_choice", "span"]
 
@@ -43,6 +43,14 @@ class Task:
     splits: dict[str, str] = field(default_factory=dict)  # role ("train", "validation", ...) -> hub split
     metric_names: tuple[str, ...] = ("accuracy",)
     main_metric: str = "accuracy"
+
+    # what a row without a gold answer carries in place of one (prediction inputs, hub test splits)
+    UNLABELLED: ClassVar[dict[str, Any]] = {"label": -1}
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The row columns :meth:`example` reads besides the label: what ``ptune predict`` needs."""
+        return ()
 
     @property
     def num_labels(self) -> int:

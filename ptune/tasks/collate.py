@@ -43,6 +43,8 @@ def featurize(task: Task, task_id: int, examples: list[Example], tokenizer, fami
               max_target_length: int = 16, cloze: bool = False) -> Split:
     """``cloze`` (BERT family, ``model.head=mlm``): each row gets the tokenizer's mask token right before its
     final separator, within ``max_length`` (the text is truncated one token shorter to make room)."""
+    if not examples:  # nothing to tokenize (tokenizers fail on an empty batch): a run built to predict
+        return Split(task, task_id, [], [])
     if family == "t5":
         feats = _t5_features(task, examples, tokenizer, max_length, max_target_length)
     else:

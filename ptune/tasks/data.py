@@ -110,6 +110,18 @@ def load_split(
     return [task.example(row) for row in rows]
 
 
+def prediction_examples(task: Task, rows: list[dict[str, Any]], source: str) -> list[Example]:
+    """Rows to predict on, as unlabelled Examples: any gold column is ignored (replaced by the task's
+    ``UNLABELLED`` values), so a test split (label -1) or a file without labels reads the same way. Rows
+    missing one of the task's input columns fail once, naming them, before any model is loaded."""
+    present = set().union(*(row.keys() for row in rows)) if rows else set()
+    missing = [c for c in task.input_columns if c not in present or any(c not in row for row in rows)]
+    if missing:
+        raise DataError(f"{source} lacks column(s) {', '.join(missing)}; task {task.name!r} needs: "
+                        f"{', '.join(task.input_columns)}")
+    return [task.example({**row, **task.UNLABELLED}) for row in rows]
+
+
 def check_labels(task: Task, examples: list[Example], split: str, *, need_all: bool) -> None:
     """Labels must index the task's head (its candidates, or its choices for multiple choice).
 

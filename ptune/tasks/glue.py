@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from numbers import Integral
-from typing import Any
+from typing import Any, ClassVar
 
 from ptune.tasks import metrics
 from ptune.tasks.base import Example, Task
@@ -42,6 +42,11 @@ class TextTask(Task):
     prefix: str = ""  # T5's task prefix (its ``benchmark_name``)
     t5_fields: tuple[str, ...] = ()  # columns in the order T5 writes them
     text_fields: tuple[str, ...] = ()  # text_a[, text_b] columns for the encoder
+    EXTRA_INPUTS: ClassVar[tuple[str, ...]] = ()  # columns a subclass's format reads besides the fields
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.text_fields, *self.t5_fields, *self.EXTRA_INPUTS)))
 
     def source(self, row: dict[str, Any]) -> str:
         return " ".join([self.prefix, *(f"{key}: {row[key]}" for key in self.t5_fields)])

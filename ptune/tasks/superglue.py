@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from numbers import Integral
-from typing import Any
+from typing import Any, ClassVar
 
 from ptune.tasks.base import Example, Head
 from ptune.tasks.glue import SPLITS, TextTask
@@ -64,6 +64,8 @@ def strip_markup(paragraph: str) -> str:
 class MultiRcTask(TextTask):
     """MultiRC: one row per answer option, grouped by (paragraph, question) for EM."""
 
+    EXTRA_INPUTS: ClassVar[tuple[str, ...]] = ("idx",)
+
     def source(self, row: dict[str, Any]) -> str:
         return super().source({**row, "paragraph": strip_markup(row["paragraph"])})
 
@@ -101,8 +103,10 @@ def char_span(text: str, word_index: int, span_text: str) -> tuple[int, int]:
 class WscTask(TextTask):
     """WSC (wsc.fixed): does the pronoun (span2) refer to the noun phrase (span1)?"""
 
+    EXTRA_INPUTS: ClassVar[tuple[str, ...]] = ("text", "span1_index", "span1_text", "span2_index", "span2_text")
+
     def spans(self, row: dict[str, Any]) -> tuple[tuple[int, int], ...]:
-        return tuple(char_span(row["text"], row[f"{k}_index"], row[f"{k}_text"]) for k in ("span1", "span2"))
+        return tuple(char_span(row["text"], int(row[f"{k}_index"]), row[f"{k}_text"]) for k in ("span1", "span2"))
 
     def source(self, row: dict[str, Any]) -> str:
         text = row["text"]
@@ -129,6 +133,9 @@ def record_passage(passage: str) -> str:
 @dataclass(frozen=True)
 class RecordTask(TextTask):
     """ReCoRD: pick the entity that fills ``@placeholder``; candidates are the row's entities."""
+
+    EXTRA_INPUTS: ClassVar[tuple[str, ...]] = ("passage", "query", "entities", "idx")
+    UNLABELLED: ClassVar[dict[str, Any]] = {"answers": []}
 
     def candidates(self, row: dict[str, Any]) -> tuple[str, ...]:
         """Entity strings in passage order, deduplicated (``entity_spans``; else sorted ``entities``)."""

@@ -63,12 +63,19 @@ def amp_context(parts):
 
 
 @torch.inference_mode()
-def predict(parts, split, batch_size: int) -> list:
-    """Per-example predictions (decoded by the task), in the split's order."""
+def predict(parts, split, batch_size: int, *, with_scores: bool = False, progress=None):
+    """Per-example predictions (decoded by the task), in the split's order (batches run length-sorted).
+
+    ``with_scores``: returns ``(predictions, scores)``, each example's raw scores beside its prediction: a
+    list over its candidates / choices (T5 sequence log-probabilities, encoder logits; -inf pads a batch's
+    shorter candidate lists) or, for a regression head, the value. ``progress(n)`` is called after each
+    batch of n rows.
+    """
     parts.method.eval()
     parts.backbone.eval()
     family, pad = parts.backbone.family, parts.pad_id
     preds: list = [None] * len(split)
+    raw: list = [None] * len(split)
     for batch in iterate(split, eval_batches(split.lengths(), batch_size), family, pad):
         batch = to_device({k: v for k, v in batch.items() if k != "labels"}, parts.device)
         with amp_context(parts):
@@ -77,7 +84,11 @@ def predict(parts, split, batch_size: int) -> list:
         for row, i in enumerate(batch["index"].tolist()):
             value = scores[row].item() if scores.dim() == 1 else int(scores[row].argmax())
             preds[i] = split.task.decode(split.examples[i], value)
-    return preds
+            if with_scores:
+                raw[i] = scores[row].tolist()
+        if progress is not None:
+            progress(len(batch["index"]))
+    return (preds, raw) if with_scores else preds
 
 
 def evaluate(parts, split) -> dict[str, float]:

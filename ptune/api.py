@@ -1,0 +1,108 @@
+"""A small Python API beside the CLI, on the same code (docs/api.md).
+
+    import ptune
+    results = ptune.train({"method": "prompt_tuning", "model": "tiny-bert", "task": "sst2"})   # as `ptune train`
+    run = ptune.load(results["run_dir"])                                  # as `ptune predict`, kept in memory
+    run.predict(["a charming film", "a dull mess"])                       # -> pandas.DataFrame
+    run.export(format="peft", out="adapter/")                             # ptune.export.peft.export
+
+``predict`` returns a DataFrame: the input columns, then ``prediction`` and the score columns that
+``ptune predict`` writes (ptune/predict.py), one row per input in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ptune.errors import ConfigError, DataError
+
+EXPORT_FORMATS = ("peft",)
+
+
+def overrides_of(overrides: Sequence[str] | dict[str, Any]) -> list[str]:
+    """``{"task": ["rte", "mrpc"], "trainer.max_steps": 10}`` -> ``["task=[rte,mrpc]", "trainer.max_steps=10"]``."""
+    if not isinstance(overrides, dict):
+        return [str(o) for o in overrides]
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
+        if v is None:
+            return "null"
+        if isinstance(v, (list, tuple)):
+            return "[" + ",".join(value(x) for x in v) + "]"
+        return str(v)
+
+    return [f"{k}={value(v)}" for k, v in overrides.items()]
+
+
+def train(overrides: Sequence[str] | dict[str, Any], console: Console | None = None) -> dict:
+    """Train one run (``ptune train`` without ``-m``) and return its results (results.json, plus ``run_dir``)."""
+    from ptune import run
+    from ptune.config import load as load_config
+
+    cfg = load_config(overrides_of(overrides))
+    return run.train(cfg, console or Console(stderr=True))
+
+
+class Run:
+    """A trained run folder with its saved prompt loaded (``ptune.load``)."""
+
+    def __init__(self, run_dir: str | Path, overrides: Sequence[str] | dict[str, Any] = ()):
+        from ptune import predict
+
+        self.run_dir = Path(run_dir)
+        self.cfg = predict.run_config(self.run_dir, overrides_of(overrides), command="ptune.load")
+        self._loaded = predict.load(self.run_dir, self.cfg)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.cfg.task_names)
+
+    def __repr__(self) -> str:
+        return f"ptune.Run({str(self.run_dir)!r}, tasks={self.tasks}, step={self._loaded.step})"
+
+    def predict(self, data, task: str | None = None):
+        """Predictions for ``data``: a list of strings (a single-text task's one column), a list of dicts or a
+        DataFrame holding the task's input columns. Returns a pandas DataFrame in input order."""
+        import pandas as pd
+
+        from ptune import predict
+
+        tid = predict.task_id(self.cfg, task, self.run_dir)
+        spec = self._loaded.parts.tasks[tid]
+        rows = data.to_dict("records") if isinstance(data, pd.DataFrame) else list(data)
+        if not rows:
+            raise DataError("run.predict got no rows")
+        if all(isinstance(r, str) for r in rows):
+            if len(spec.input_columns) != 1:
+                raise ConfigError(f"task {spec.name!r} reads {', '.join(spec.input_columns)}: pass dicts or a "
+                                  "DataFrame with those columns, not strings")
+            rows = [{spec.input_columns[0]: r} for r in rows]
+        elif not all(isinstance(r, dict) for r in rows):
+            raise ConfigError("run.predict takes a list of strings, a list of dicts or a pandas DataFrame")
+        return pd.DataFrame(self._loaded.predict(tid, rows, "run.predict input"))
+
+    def export(self, format: str = "peft", out: str | Path | None = None):  # noqa: A002  (the CLI's word)
+        """The run as another library's adapter: ``ptune.export.peft.export(run_dir, out)``."""
+        if format not in EXPORT_FORMATS:
+            raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+        try:
+            from ptune.export import peft
+        except ModuleNotFoundError as err:
+            if err.name not in ("ptune.export", "ptune.export.peft"):
+                raise
+            peft = None
+        if getattr(peft, "export", None) is None:
+            raise NotImplementedError("run.export(format='peft') needs ptune.export.peft.export, which this ptune "
+                                      "does not have yet")
+        return peft.export(self.run_dir, out)
+
+
+def load(run_dir: str | Path, overrides: Sequence[str] | dict[str, Any] = ()) -> Run:
+    """A run folder ready to predict; ``overrides`` as for ``ptune predict`` (e.g. ``trainer.device=cpu``)."""
+    return Run(run_dir, overrides)

@@ -1,0 +1,246 @@
+"""``ptune predict``: a saved run's predictions for rows of a file or of a task's (unlabelled) split.
+
+    ptune predict run=outputs/<run> input=reviews.jsonl            -> outputs/<run>/predictions/sst2-reviews.jsonl
+    ptune predict run=outputs/<run> data.eval_split=test out=sst2-test.csv
+
+Every input row comes back, in input order, with ``prediction`` (the label name; the value for STS-B;
+the entity for ReCoRD) and its scores: ``score_<label>`` per class (probabilities: a softmax over the
+encoder's logits, or over T5's verbalizer log-likelihoods), a ``scores`` list where the candidates
+vary per row (ReCoRD). Rows run through the model length-sorted in batches (``loop.predict``). All
+checks (run folder, task, input file, columns) come before the model loads. ``ptune.api`` is the same
+code for notebooks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ptune.config import Config, to_config
+from ptune.errors import CheckpointError, ConfigError, DataError
+from ptune.tasks.base import Example, Task
+
+FORMATS = ("jsonl", "csv", "parquet")
+PROMPT = "prompt.safetensors"
+PROTECTED = ("config.yaml", PROMPT, "folded.safetensors", "metrics.jsonl", "results.json", ".ptune.lock",
+             "state", "snapshots")  # a run's own files: predictions never land on them
+
+
+# --- the run --------------------------------------------------------------------------------------
+def run_config(run_dir: Path, overrides: Sequence[str] = (), command: str = "ptune predict") -> Config:
+    """The saved config of a run folder with ``key=value`` overrides (``data.root=...``), checked."""
+    from ptune import run
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist")
+    saved = run.load_config(run_dir)
+    if not (run_dir / PROMPT).is_file():
+        raise CheckpointError(f"{run_dir} has no {PROMPT} (no evaluation saved a prompt yet); train it first")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"{command} takes key=value overrides; {bad[0]!r} is not one (e.g. data.root=...)")
+    try:
+        merged: Any = OmegaConf.merge(OmegaConf.structured(saved), OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or overrides[0].split("=", 1)[0]
+        raise ConfigError(f"{command}: {key!r} cannot be set that way ({str(err).splitlines()[0]})") from None
+    return to_config(merged)
+
+
+def task_id(cfg: Config, name: str | None, run_dir: Path) -> int:
+    """Which of the run's tasks to predict: ``name``, or the only one."""
+    names = cfg.task_names
+    if name is None and len(names) == 1:
+        return 0
+    if name not in names:
+        what = "needs task=<one of its tasks>" if name is None else f"has no task {name!r}"
+        raise ConfigError(f"run {run_dir} {what}; choose one of: {', '.join(names)}")
+    return names.index(name)
+
+
+@dataclass
+class Loaded:
+    """A run's parts with its saved prompt loaded, ready to predict."""
+
+    run_dir: Path
+    parts: Any  # run.Parts
+    step: int
+
+    def predict(self, tid: int, rows: list[dict], source: str, progress=None) -> list[dict]:
+        """``rows`` (dicts holding the task's input columns) -> the same rows, with predictions and scores."""
+        from ptune.tasks.collate import featurize
+        from ptune.tasks.data import prediction_examples
+        from ptune.training.loop import predict
+
+        task = self.parts.tasks[tid]
+        examples = prediction_examples(task, rows, source)
+        m = self.parts.cfg.model
+        split = featurize(task, tid, examples, self.parts.backbone.tokenizer, m.family, m.max_length,
+                          m.max_target_length, cloze=m.head == "mlm")
+        preds, raw = predict(self.parts, split, self.parts.cfg.trainer.eval_batch_size, with_scores=True,
+                             progress=progress)
+        return [{**row, **outputs(task, ex, p, r)} for row, ex, p, r in zip(rows, examples, preds, raw, strict=True)]
+
+
+def load(run_dir: Path, cfg: Config) -> Loaded:
+    """Build the run's parts without reading any data, then load its saved prompt."""
+    from ptune import run
+
+    parts = run.build(cfg, train=False, examples={"eval": []})
+    return Loaded(Path(run_dir), parts, parts.load_prompt(Path(run_dir) / PROMPT))
+
+
+def outputs(task: Task, example: Example, prediction: Any, raw: Any) -> dict[str, Any]:
+    """A row's ``prediction`` and scores (see the module docstring)."""
+    if task.head == "regression":  # STS-B: the value (T5's bucket, or the encoder's regression output)
+        return {"prediction": prediction}
+    if task.head == "multiple_choice":  # one score per choice: COPA's two, ReCoRD's entities
+        probs = softmax(list(raw)[: len(example.texts)])
+        if not task.label_names:
+            return {"prediction": prediction, "scores": probs}
+        return {"prediction": task.label_names[int(prediction)],
+                **{f"score_{n}": p for n, p in zip(task.label_names, probs, strict=True)}}
+    probs = softmax(list(raw))
+    return {"prediction": task.label_names[int(prediction)],
+            **{f"score_{n}": p for n, p in zip(task.label_names, probs, strict=True)}}
+
+
+def softmax(xs: list[float]) -> list[float]:
+    finite = [x for x in xs if math.isfinite(x)]
+    top = max(finite) if finite else 0.0
+    exps = [math.exp(x - top) if math.isfinite(x) else 0.0 for x in xs]
+    total = sum(exps) or 1.0
+    return [e / total for e in exps]
+
+
+# --- files ----------------------------------------------------------------------------------------
+def file_format(path: Path, what: str) -> str:
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in FORMATS:
+        raise ConfigError(f"{what}{path} has extension {Path(path).suffix or '(none)'!r}; choose one of: "
+                          + ", ".join(f".{f}" for f in FORMATS))
+    return ext
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a .jsonl / .csv / .parquet file; missing, unreadable or empty files are one-line errors."""
+    path = Path(path)
+    kind = file_format(path, "input file ")
+    if not path.is_file():
+        raise DataError(f"input file {path} does not exist")
+    try:
+        if kind == "jsonl":
+            rows = []
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path} line {n} is not a JSON object")
+                    rows.append(row)
+        elif kind == "csv":
+            with open(path, newline="") as f:
+                rows = [dict(r) for r in csv.DictReader(f)]
+        else:
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(path).to_pylist()
+    except (ValueError, OSError, csv.Error) as err:  # JSONDecodeError, ArrowInvalid, UnicodeDecodeError
+        raise DataError(f"input file {path} cannot be read as {kind} ({' '.join(str(err).split())[:120]})") from None
+    if not rows:
+        raise DataError(f"input file {path} holds no rows")
+    return rows
+
+
+def output_path(run_dir: Path, task: str, stem: str, out: str | None, source: Path | None = None) -> Path:
+    """``out``, else ``<run_dir>/predictions/<task>-<stem>.jsonl``; never one of the run's own files or the input."""
+    path = Path(out) if out else Path(run_dir) / "predictions" / f"{task}-{stem}.jsonl"
+    file_format(path, "out=")
+    resolved, run = path.resolve(), Path(run_dir).resolve()
+    if any(resolved == run / name or (run / name) in resolved.parents for name in PROTECTED):
+        raise ConfigError(f"out={path} would overwrite the run's own files; choose another out= "
+                          f"(default: {Path(run_dir) / 'predictions'}/...)")
+    if source is not None and resolved == Path(source).resolve():
+        raise ConfigError(f"out={path} is the input file; choose another out=")
+    return path
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    """Write atomically: a temp file beside ``path``, flushed, then renamed over it."""
+    kind = file_format(path, "out=")
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), buffer)
+        data = buffer.getvalue()
+    elif kind == "csv":
+        text = io.StringIO()
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+        data = text.getvalue().encode()
+    else:
+        data = "".join(json.dumps(row, default=str) + "\n" for row in rows).encode()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- the command ----------------------------------------------------------------------------------
+def command(run_dir: Path, source: str | None, out: str | None, task: str | None, overrides: list[str],
+            console) -> dict:
+    """``ptune predict``: every check first, then the model, then the predictions file."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ptune import tasks
+    from ptune.tasks.data import prediction_examples
+
+    cfg = run_config(run_dir, overrides)
+    tid = task_id(cfg, task, run_dir)
+    name = cfg.task_names[tid]
+    if source is not None:
+        rows, stem, where = read_rows(Path(source)), Path(source).stem, str(source)
+    else:
+        spec, role = tasks.get(name), cfg.data.eval_split
+        if role not in spec.splits:
+            raise ConfigError(f"task {name!r} has no split {role!r}; choose one of: {', '.join(spec.splits)}")
+        # the whole split unless this command limits it: a run trained with data.eval_limit saved that limit
+        limit = cfg.data.eval_limit if any(o.startswith("data.eval_limit=") for o in overrides) else None
+        rows = tasks.load_rows(spec.hub_id, spec.hub_config, spec.splits[role], root=cfg.data.root, limit=limit)
+        if not rows:
+            raise DataError(f"task {name!r} split {role!r} holds no rows")
+        stem, where = role, f"task {name!r} split {role!r}"
+    path = output_path(run_dir, name, stem, out, Path(source) if source else None)
+    prediction_examples(tasks.get(name), rows, where)  # columns checked before the model loads
+    loaded = load(run_dir, cfg)
+    with Progress(TextColumn("predict {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=console.quiet or not cfg.trainer.progress) as bar:
+        job = bar.add_task(name, total=len(rows))
+        results = loaded.predict(tid, rows, where, progress=lambda n: bar.advance(job, n))
+    write_rows(results, path)
+    console.print(f"{len(results)} predictions for {name} (step {loaded.step}) -> {path}")
+    return {"run_dir": str(run_dir), "task": name, "rows": len(results), "step": loaded.step, "out": str(path)}
