@@ -33,7 +33,7 @@ from ptune.tasks.collate import Split, featurize
 from ptune.tasks.data import check_labels, resolve_root
 from ptune.training import checkpoint as ckpt
 from ptune.training import trackers
-from ptune.training.loop import fit
+from ptune.training.loop import Interrupted, fit
 from ptune.training.trackers import Tracker
 
 FOLDED = "folded.safetensors"
@@ -284,10 +284,16 @@ def _train(cfg: Config, console: Console, run_dir: Path, sweep: dict | None) -> 
     fresh = not cfg.resume or ckpt.latest_state_dir(run_dir / "state") is None
     source = transfer.check(cfg, run_metadata(cfg)) if cfg.method.init_from and fresh else None
     tracker = trackers.build(cfg, run_dir, run_dir.parent.name if sweep else None)  # before the model loads
+    status = "FAILED"
     try:
-        return _train_tracked(cfg, console, run_dir, source, tracker, sweep)
+        results = _train_tracked(cfg, console, run_dir, source, tracker, sweep)
+        status = "FINISHED"
+        return results
+    except (Interrupted, KeyboardInterrupt):
+        status = "KILLED"
+        raise
     finally:
-        tracker.close()
+        tracker.close(status)
 
 
 def _train_tracked(cfg: Config, console: Console, run_dir: Path, source, tracker: Tracker, sweep: dict | None) -> dict:

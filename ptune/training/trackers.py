@@ -25,7 +25,7 @@ class Tracker(Protocol):
     def log_config(self, config: dict) -> None: ...
     def log_metrics(self, step: int, metrics: dict) -> None: ...
     def log_results(self, results: dict) -> None: ...
-    def close(self) -> None: ...
+    def close(self, status: str = "FINISHED") -> None: ...  # FINISHED | FAILED | KILLED
 
 
 def is_rank_zero() -> bool:
@@ -78,17 +78,19 @@ class NoneTracker:
     def log_results(self, results: dict) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         pass
 
 
 class TensorBoardTracker:
     """Event files in ``logger.log_dir`` (null: ``<run_dir>/tensorboard``); the config as text."""
 
-    def __init__(self, lcfg, run_dir: Path, experiment: str):
+    def __init__(self, lcfg, run_dir: Path, experiment: str, start_step: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(Path(lcfg.log_dir) if lcfg.log_dir else run_dir / "tensorboard"))
+        # a resume purges events past the saved state's step (logged before a kill, then trained again)
+        self.writer = SummaryWriter(log_dir=str(Path(lcfg.log_dir) if lcfg.log_dir else run_dir / "tensorboard"),
+                                    purge_step=start_step + 1 if start_step else None)
 
     def log_config(self, config: dict) -> None:
         import yaml
@@ -108,7 +110,7 @@ class TensorBoardTracker:
         self.writer.add_text("results", "```json\n" + json.dumps(shown, indent=1, default=str) + "\n```", step)
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         self.writer.close()
 
 
@@ -118,7 +120,7 @@ class MlflowTracker:
 
     ID_FILE = "tracker.json"
 
-    def __init__(self, lcfg, run_dir: Path, experiment: str):
+    def __init__(self, lcfg, run_dir: Path, experiment: str, start_step: int = 0):
         from mlflow.tracking import MlflowClient
 
         # MLflow's own default: a SQLite store in the working directory, artifacts under ./mlruns
@@ -158,8 +160,8 @@ class MlflowTracker:
         self.log_metrics(int(results.get("steps") or 0), results_metrics(results))
         self.client.log_dict(self.run_id, results, "results.json")
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
 
 
 # name -> (tracker class, the module it needs, the ptune extra that installs it)
@@ -179,6 +181,17 @@ def check(lcfg) -> None:
         raise ConfigError(f"logger={lcfg.name} needs the {module} package: pip install 'ptune[{extra}]'")
 
 
+def resume_step(cfg, run_dir: Path) -> int:
+    """The step a resumed run continues from (its saved state), else 0."""
+    state = ckpt.latest_state_dir(run_dir / "state") if cfg.resume else None
+    if state is None:
+        return 0
+    try:
+        return int(json.loads((state / "state.json").read_text())["progress"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0  # the loop reports an unreadable state itself
+
+
 def build(cfg, run_dir: Path, experiment: str | None = None) -> Tracker:
     """The run's tracker (``none`` on ranks other than 0); ``experiment``: the default experiment name."""
     check(cfg.logger)
@@ -187,4 +200,4 @@ def build(cfg, run_dir: Path, experiment: str | None = None) -> Tracker:
     cls = TRACKERS[cfg.logger.name][0]
     if cls is NoneTracker:
         return NoneTracker()
-    return cls(cfg.logger, run_dir, cfg.logger.experiment or experiment or run_dir.name)
+    return cls(cfg.logger, run_dir, cfg.logger.experiment or experiment or run_dir.name, resume_step(cfg, run_dir))

@@ -57,6 +57,32 @@ def test_tensorboard_logs_loss_lr_per_step_and_eval_metrics(tmp_path):
     assert "prompt_tuning" in config and "lr: 0.05" in config
 
 
+def test_tensorboard_resume_appends_to_the_same_log_dir(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    assert train(run_dir, "trainer.max_steps=2", "logger=tensorboard") == 0
+    assert train(run_dir, "trainer.max_steps=4", "logger=tensorboard") == 0
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in acc.Scalars("eval/accuracy")] == [2, 4]
+
+
+def test_a_stopped_run_is_marked_killed_in_mlflow(tmp_path, monkeypatch):
+    from ptune.training import loop
+
+    monkeypatch.chdir(tmp_path)
+
+    def stop(*args, **kwargs):
+        raise loop.Interrupted(15, 1)
+
+    monkeypatch.setattr(loop, "record_eval", stop)
+    assert train(tmp_path / "run", "trainer.max_steps=2", "logger=mlflow") != 0
+    _, mrun = mlflow_run(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "run")
+    assert mrun.info.status == "KILLED"
+
+
 def mlflow_run(uri: str, run_dir):
     from mlflow.tracking import MlflowClient
 
