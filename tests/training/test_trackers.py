@@ -5,6 +5,8 @@ metrics.jsonl is written whatever the logger."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from ptune import backbones
 from ptune.cli import main
 from ptune.training import trackers
-from tests.conftest import SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA
 
 BASE = ["train", "model=tiny-bert", "method=prompt_tuning", "task=sst2", f"data.root={SHARED_DATA}",
         "data.train_limit=32", "data.eval_limit=16", "trainer.batch_size=8", "trainer.progress=false",
@@ -153,3 +155,19 @@ def test_only_rank_zero_logs(tmp_path, monkeypatch):
     cfg = load(["logger=tensorboard"])
     assert isinstance(trackers.build(cfg, tmp_path / "run"), trackers.NoneTracker)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_is_one_mlflow_experiment_named_after_its_folder(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    sweep_dir, uri = tmp_path / "grid", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [a for a in BASE[1:] if not a.startswith("trainer.eval_every")]
+    done = subprocess.run([sys.executable, "-m", "ptune.cli", "train", "-m", *args, "trainer.max_steps=1",
+                           "trainer.eval_every=1", "seed=1,2", "logger=mlflow", f"logger.tracking_uri={uri}",
+                           f"hydra.sweep.dir={sweep_dir}"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("grid")
+    names = sorted(r.info.run_name for r in client.search_runs([experiment.experiment_id]))
+    assert names == ["prompt_tuning-sst2-tiny-bert-s1", "prompt_tuning-sst2-tiny-bert-s2"]
