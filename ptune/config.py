@@ -118,6 +118,16 @@ class TrainerConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """An experiment tracker beside metrics.jsonl (ptune/training/trackers.py; docs/trackers.md)."""
+
+    name: str = "none"  # none | tensorboard | mlflow
+    experiment: str | None = None  # mlflow: null: the sweep folder's name in a sweep, else the run folder's
+    log_dir: str | None = None  # tensorboard: null: <run_dir>/tensorboard
+    tracking_uri: str | None = None  # mlflow: null: sqlite:///$PWD/mlflow.db (artifacts in ./mlruns); or http://host:5000
+
+
+@dataclass
 class PaperConfig:
     """Published numbers ``ptune table`` prints beside ours (the reproduction presets fill these)."""
 
@@ -134,6 +144,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     paper: PaperConfig = field(default_factory=PaperConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 42
     output_dir: str = "outputs"
     run_dir: str | None = None  # null: <output_dir>/<method>-<task>-<model>-s<seed>
@@ -286,7 +297,7 @@ def check_bert_only(cfg: Config) -> None:
 
 
 # --- composing ------------------------------------------------------------------------------------
-GROUPS = ("method", "model", "task", "optimizer", "trainer")
+GROUPS = ("method", "model", "task", "optimizer", "trainer", "logger")
 PLUGINS = ("joblib", "submitit_local", "submitit_slurm", "optuna")
 INSTALL_HINT = {"hydra/launcher": " (the joblib and submitit launchers come with pip install 'ptune[sweep]')",
                 "hydra/sweeper": " (the optuna sweeper comes with pip install 'ptune[sweep]')"}

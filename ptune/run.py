@@ -32,8 +32,9 @@ from ptune.tasks.base import Task
 from ptune.tasks.collate import Split, featurize
 from ptune.tasks.data import check_labels, resolve_root
 from ptune.training import checkpoint as ckpt
-from ptune.training import distributed
-from ptune.training.loop import fit
+from ptune.training import distributed, trackers
+from ptune.training.loop import Interrupted, fit
+from ptune.training.trackers import Tracker
 
 FOLDED = "folded.safetensors"
 LOCK = ".ptune.lock"
@@ -54,6 +55,7 @@ class Parts:
     device: torch.device
     run_dir: Path
     probabilities: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+    tracker: Tracker = dataclasses.field(default_factory=trackers.NoneTracker)  # fit logs to it (logger=)
 
     @property
     def task(self) -> Task:
@@ -292,7 +294,22 @@ def train(cfg: Config, console: Console, sweep: dict | None = None) -> dict:
 def _train(cfg: Config, console: Console, run_dir: Path, sweep: dict | None) -> dict:
     fresh = not cfg.resume or ckpt.latest_state_dir(run_dir / "state") is None
     source = transfer.check(cfg, run_metadata(cfg)) if cfg.method.init_from and fresh else None
+    tracker = trackers.build(cfg, run_dir, run_dir.parent.name if sweep else None)  # before the model loads
+    status = "FAILED"
+    try:
+        results = _train_tracked(cfg, console, run_dir, source, tracker, sweep)
+        status = "FINISHED"
+        return results
+    except (Interrupted, KeyboardInterrupt):
+        status = "KILLED"
+        raise
+    finally:
+        tracker.close(status)
+
+
+def _train_tracked(cfg: Config, console: Console, run_dir: Path, source, tracker: Tracker, sweep: dict | None) -> dict:
     parts = build(cfg)
+    parts.tracker = tracker
     if source is not None:
         n = transfer.apply(parts.method, cfg, *source)
         console.print(f"initialised the method's {n} parameter tensors from {source[2]} (method.init_from)")
@@ -304,7 +321,9 @@ def _train(cfg: Config, console: Console, run_dir: Path, sweep: dict | None) -> 
         f"(trainable {counts['trainable_params']:,} of {counts['total_params']:,} parameters, "
         f"{parts.device}, {cfg.trainer.precision})"
     )
+    tracker.log_config(dataclasses.asdict(cfg))
     results = write_results(parts, fit(parts, console), sweep)
+    tracker.log_results(results)
     best = results["best"] or {}
     console.print(
         f"done: best {results['main_metric']} {best.get(results['main_metric'], float('nan')):.2f} "
@@ -317,7 +336,7 @@ def _train(cfg: Config, console: Console, run_dir: Path, sweep: dict | None) -> 
 # keys a resume may change (applied, and recorded in config.yaml); every other key is the run's meaning
 RESUMABLE = ("trainer.max_steps", "trainer.eval_every", "trainer.log_every", "trainer.progress",
              "trainer.save_every", "trainer.num_threads", "trainer.device", "trainer.eval_batch_size",
-             "trainer.snapshot_steps", "data.root", "output_dir", "run_dir", "resume")
+             "trainer.snapshot_steps", "data.root", "output_dir", "run_dir", "resume", "logger")
 
 
 def check_run_folder(cfg: Config, run_dir: Path) -> dict | None:

@@ -25,6 +25,7 @@ from ptune.training import distributed
 from ptune.training.early_stopping import EarlyStopping
 from ptune.training.optim import build_optimizer, build_scheduler
 from ptune.training.report import Reporter
+from ptune.training.trackers import eval_metrics as tracker_metrics
 
 
 class Interrupted(Exception):
@@ -195,6 +196,7 @@ def fit(parts, console: Console | None = None) -> dict:
                 progress["loss_sum"] += loss
                 progress["loss_count"] += 1
                 reporter.step(step, loss, scheduler.get_last_lr()[0])
+                parts.tracker.log_metrics(step, {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0]})
                 if step % tcfg.eval_every == 0 or step == tcfg.max_steps:
                     record_eval(parts, progress, stopper, modules, start, reporter)
                     if stopper.should_stop:
@@ -266,6 +268,7 @@ def record_eval(parts, progress, stopper, modules, start, reporter) -> None:
         parts.save_prompt(run_dir / "prompt.safetensors", step=step)
     ckpt.atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonl(r) for r in progress["history"]))
     reporter.evaluation(row, parts, stopper)
+    parts.tracker.log_metrics(step, tracker_metrics(row))
 
 
 def _jsonl(row: dict) -> str:
