@@ -17,8 +17,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ptune.config import Config, to_config
 from ptune.errors import CheckpointError, ConfigError, DataError
 from ptune.tasks.base import Example, Task
+from ptune.training import checkpoint as ckpt
 
 FORMATS = ("jsonl", "csv", "parquet")
 PROMPT = "prompt.safetensors"
@@ -196,18 +195,7 @@ def write_rows(rows: list[dict], path: Path) -> None:
         data = text.getvalue().encode()
     else:
         data = "".join(json.dumps(row, default=str) + "\n" for row in rows).encode()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    ckpt.atomic_write_bytes(path, data)
 
 
 # --- the command ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 from ptune.training import checkpoint as ckpt
 from ptune.training import distributed
 from tests.conftest import REPO, SHARED_DATA
+from tests.training.test_reliability import state_step
 
 # 70 rows in batches of 8: every epoch ends on a batch of 6, which 2 ranks split 3 + 3 (and a batch of 3
 # on 2 ranks would be 2 + 1); dropout 0, so the one- and two-process runs see the same function
@@ -104,13 +105,6 @@ def descendants(pid: int) -> list[int]:
     except OSError:
         return []
     return [k for kid in map(int, kids) for k in (kid, *descendants(kid))]
-
-
-def state_step(run_dir: Path) -> int:
-    try:
-        return json.loads((run_dir / "state" / "state.json").read_text())["progress"]["step"]
-    except (OSError, ValueError, KeyError):
-        return 0
 
 
 @pytest.fixture(scope="module")
