@@ -379,14 +379,8 @@ def check_run_folder(cfg: Config, run_dir: Path) -> dict | None:
 
 
 def flat(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are values."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    """{"a": {"b": 1}} -> {"a.b": 1} (the trackers' flattening of params, with dots)."""
+    return trackers.flatten(tree, prefix)
 
 
 def _read_results(run_dir: Path) -> dict | None:
