@@ -30,6 +30,9 @@ class MethodConfig:
     num_virtual_tokens: int = 20
     lr: float = 0.3  # the paper's learning rate; used when optimizer.lr is null
     per_task: bool = False  # multi-task runs: one prompt per task (methods that are not task-aware)
+    # fan_in: a generator weight of fan-in n trains at lr / n, so lr is how fast the prompt itself moves under
+    # Adam, for every method (PromptMethod.param_groups); none: one lr for every parameter (the papers' code)
+    lr_scaling: str = "fan_in"
     # SPoT transfer (ptune/methods/transfer.py): start from a source run's method parameters (a run folder, or
     # a prompt.safetensors-format file such as `ptune similarity --write-init`'s); heads are never copied
     init_from: str | None = None
@@ -61,6 +64,9 @@ class ModelConfig:
     # null: true for model_tuning, else false
     trainable: bool | None = None
     lr: float | None = None  # model.trainable: the body's learning rate; null: the run's lr
+    # BERT-family task heads' learning rate; null: the run's lr. A linear probe on the frozen pooled output
+    # learns at its own rate, whatever the method's (a generator's 1e-3 left it at the majority class)
+    head_lr: float | None = None
 
 
 @dataclass
@@ -184,12 +190,14 @@ CHOICES = {
     "optimizer.scheduler": ("linear", "constant"),
     "trainer.precision": ("fp32", "bf16", "fp16"),
     "trainer.device": ("auto", "cpu", "cuda"),
+    "method.lr_scaling": ("fan_in", "none"),
 }
 
 # (key, predicate, what must hold): ranges checked before anything is loaded
 RANGES: list[tuple[str, Any, str]] = [
     ("method.num_virtual_tokens", lambda v: v >= 1, "must be >= 1"),
     ("model.lr", lambda v: v is None or v > 0, "must be > 0"),
+    ("model.head_lr", lambda v: v is None or v > 0, "must be > 0"),
     ("method.lr", lambda v: v > 0, "must be > 0"),
     ("optimizer.lr", lambda v: v is None or v > 0, "must be > 0"),
     ("optimizer.weight_decay", lambda v: v >= 0, "must be >= 0"),

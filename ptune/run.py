@@ -101,14 +101,18 @@ class Parts:
         return [p for g in self.param_groups() for p in g["params"]]
 
     def param_groups(self) -> list[dict]:
-        """Optimizer groups: one at the run's lr; with ``model.lr`` set, a trainable body in its own group."""
-        split = self.cfg.model.lr is not None
-        groups: dict[str, list] = {}
-        for part, module in self.trainable_modules().items():
-            key = "body" if split and part == "body" else "prompt"
-            groups.setdefault(key, []).extend(p for p in module.parameters() if p.requires_grad)
-        return [{"params": ps, "lr": self.cfg.model.lr if key == "body" else self.cfg.lr}
-                for key, ps in groups.items() if ps]
+        """Optimizer groups: the method's own (``PromptMethod.param_groups``: generator weights at lr / fan-in),
+        the heads at ``model.head_lr`` (null: the run's lr), and a trainable body at ``model.lr`` (null: the
+        run's lr)."""
+        lr, m = self.cfg.lr, self.cfg.model
+        groups = list(self.method.param_groups(lr))
+        heads = [p for p in getattr(self.backbone, "heads", torch.nn.ModuleDict()).parameters() if p.requires_grad]
+        if heads:
+            groups.append({"params": heads, "lr": m.head_lr if m.head_lr is not None else lr})
+        if m.trainable:
+            body = [p for p in self.backbone.model.parameters() if p.requires_grad]
+            groups.append({"params": body, "lr": m.lr if m.lr is not None else lr})
+        return [g for g in groups if g["params"]]
 
     def metadata(self) -> dict[str, str]:
         return run_metadata(self.cfg)

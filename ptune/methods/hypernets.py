@@ -101,6 +101,15 @@ class Generator(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
 
+    @torch.no_grad()
+    def start_at(self, output: Tensor) -> None:
+        """Make f(z) = ``output`` for every z at the start: the last layer's bias holds it and its weight is zero
+        (as LoRA zeroes B), so the generator starts where a plain prompt would and grows its structure from
+        there. Its weight still gets gradients (they are the bias gradient times the hidden activations)."""
+        last = self.net if isinstance(self.net, nn.Linear) else self.net[-1]
+        last.weight.zero_()
+        last.bias.copy_(output.reshape(-1))
+
 
 def hyperfan_in_(linear: nn.Linear, generated_fan_in: int) -> None:
     """Initialise a linear layer that *generates* weights so they start at ``nn.Linear``'s scale.

@@ -141,6 +141,14 @@ class HyperPrompt(PromptMethod):
             self.down = uniform_((sets, 2 * m, d, b), d)
             self.up = uniform_((sets, 2 * m, b, a), b)
 
+    def fan_in(self) -> dict[str, int]:
+        """The share/sep local hypernetworks are raw tensors: D is applied to the d-wide global prompt, U to the
+        b-wide bottleneck (PromptMethod.param_groups trains each at lr / fan-in)."""
+        fans = super().fan_in()
+        if self.cfg.variant != "global":
+            fans.update(down=self.dims.hidden_size, up=self.cfg.bottleneck)
+        return fans
+
     def local_weights(self, tasks: Tensor) -> tuple[Tensor, Tensor]:
         """D (N, 2M, d, b) and U (N, 2M, b, a) of each given task's local hypernetworks."""
         if self.cfg.variant == "share":

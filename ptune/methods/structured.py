@@ -47,6 +47,7 @@ from ptune.config import MethodConfig
 from ptune.errors import ConfigError
 from ptune.methods import register
 from ptune.methods.base import BackboneDims, Prompt, PromptMethod, TaskInfo
+from ptune.methods.prompt_tuning import PromptTuningConfig, initial_prompt
 from ptune.methods.hypernets import (
     GENERATORS,
     Generator,
@@ -58,6 +59,7 @@ from ptune.methods.hypernets import (
 )
 
 INITS = ("random", "description")
+PROMPT_INITS = ("random_uniform", "vocab_sample", "class_labels", "random_normal", "generator")
 
 
 @dataclass
@@ -69,6 +71,9 @@ class StructuredConfig(MethodConfig):
     hidden_size: int = 256  # mlp
     task_embedding_dim: int | None = None  # null: the backbone's hidden size
     init: str = "random"  # random | description
+    # the generated prompt at step 0: a prompt_tuning init (random_uniform | vocab_sample | class_labels |
+    # random_normal) held in the generator's last bias, its last weight zero; generator: PyTorch's default init
+    prompt_init: str = "random_uniform"
     task_descriptions: list[str] | None = None  # init=description: one per task; null: from label words
     lr: float = 1e-2
 
@@ -78,6 +83,9 @@ class StructuredConfig(MethodConfig):
                               f"{', '.join(GENERATORS)}")
         if self.init not in INITS:
             raise ConfigError(f"method.init={self.init!r} is not valid; choose one of: {', '.join(INITS)}")
+        if self.prompt_init not in PROMPT_INITS:
+            raise ConfigError(f"method.prompt_init={self.prompt_init!r} is not valid; choose one of: "
+                              f"{', '.join(PROMPT_INITS)}")
         for key in ("rank", "hidden_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"method.{key}={getattr(self, key)} must be >= 1")
@@ -128,6 +136,9 @@ class StructuredPromptTuning(PromptMethod):
         self.task_embeddings = TaskEmbeddings(max(1, len(label_words)), dim, init)
         self.generator = Generator(dim, cfg.num_virtual_tokens * dims.hidden_size, cfg.hypernetwork, cfg.rank,
                                    cfg.hidden_size)
+        if cfg.prompt_init != "generator":
+            start = PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, init=cfg.prompt_init)
+            self.generator.start_at(initial_prompt(start, dims, label_words))
 
     def prompts(self, tasks: Tensor) -> Tensor:
         """(len(tasks), P, d): the generated prompt of each given task id."""

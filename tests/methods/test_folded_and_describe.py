@@ -35,7 +35,7 @@ def test_the_folded_form_a_run_writes_scores_as_the_method(family, method, tmp_p
     assert torch.equal(folded, method_outputs(parts))
 
 
-@pytest.mark.parametrize("method,extra", [("structured", ()), ("hyperprompt", ()),
+@pytest.mark.parametrize("method,extra", [("structured", ("method.prompt_init=generator",)), ("hyperprompt", ()),
                                           ("prompt_tuning", ("method.per_task=true",))])
 def test_a_mixture_folds_one_prompt_per_task(method, extra, tmp_path):
     parts = parts_for("bert", method, tmp_path, "method.num_virtual_tokens=4", *extra)

@@ -33,6 +33,11 @@ def test_gradients_reach_every_method_parameter_and_never_the_frozen_body(family
     parts = parts_for(family, method, tmp_path, "method.num_virtual_tokens=4", *extra)
     parts.method.train(), parts.backbone.train()
     batch = batch16(parts)
+    # one step first: a layer that starts at zero (structured's last generator layer, LoRA-style) passes no
+    # gradient upstream until it has moved
+    parts.backbone(batch, parts.method(batch["task_ids"]), score=False).loss.backward()
+    torch.optim.SGD(parts.method.parameters(), lr=0.1).step()
+    parts.method.zero_grad()
     parts.backbone(batch, parts.method(batch["task_ids"]), score=False).loss.backward()
     for name, p in parts.method.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -78,7 +83,9 @@ def test_save_then_load_gives_identical_logits(family, method, extra, tmp_path):
 @pytest.mark.parametrize("method", ["structured", "hyperprompt"])
 def test_a_batch_mixing_tasks_scores_each_row_with_its_own_task_s_prompt(family, method, tmp_path):
     """Task-conditioned methods built for two tasks: rows of a mixed batch score as in one-task batches."""
-    parts = parts_for(family, method, tmp_path, "method.num_virtual_tokens=4")
+    # structured starts every task at the same prompt by default; its generator init tells tasks apart at once
+    extra = ("method.prompt_init=generator",) if method == "structured" else ()
+    parts = parts_for(family, method, tmp_path, "method.num_virtual_tokens=4", *extra)
     parts.method = methods.build(parts.cfg.method, parts.backbone.dims(), [["negative", "positive"], ["no", "yes"]])
     mixed = torch.tensor([0, 1] * 8)
     both = method_outputs(parts, mixed)

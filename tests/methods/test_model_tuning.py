@@ -56,10 +56,10 @@ def test_parameter_count_is_the_body_plus_the_heads_counted_once(family, tmp_pat
 def test_model_lr_puts_the_body_in_its_own_optimizer_group(tmp_path):
     parts = parts_for("bert", "prompt_tuning", tmp_path, "model.trainable=true", "model.lr=1e-4", "optimizer.lr=0.1")
     groups = parts.param_groups()
-    assert [g["lr"] for g in groups] == [0.1, 1e-4]
-    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in parts.backbone.model.parameters()}
+    assert [g["lr"] for g in groups] == [0.1, 0.1, 1e-4]  # the prompt, the head, the body
+    assert {id(p) for p in groups[2]["params"]} == {id(p) for p in parts.backbone.model.parameters()}
     one = parts_for("bert", "model_tuning", tmp_path).param_groups()
-    assert len(one) == 1 and one[0]["lr"] == 5e-5
+    assert [g["lr"] for g in one] == [5e-5, 5e-5]  # the head, the body
 
 
 def test_model_tuning_learns_16_examples(family, tmp_path):

@@ -68,7 +68,8 @@ def test_linear_hypernetwork_can_output_a_given_prompt_from_a_given_task_embeddi
 
 @pytest.mark.parametrize("kind", ["linear", "low_rank", "mlp"])
 def test_each_task_gets_its_own_prompt_generated_once_per_batch(kind):
-    m = methods.build(StructuredConfig(num_virtual_tokens=3, hypernetwork=kind), small_dims(), [["a"], ["b"]])
+    m = methods.build(StructuredConfig(num_virtual_tokens=3, hypernetwork=kind, prompt_init="generator"), small_dims(),
+                      [["a"], ["b"]])
     seen = []
     m.generator.register_forward_hook(lambda mod, i, o: seen.append(i[0].shape[0]))
     mixed = m(torch.tensor([1, 0, 0, 1, 1, 0, 1])).embeds
