@@ -209,10 +209,13 @@ def cmd_table(args: list[str]) -> int:
 def cmd_plot(args: list[str]) -> int:
     from ptune.analysis import plot
 
-    flags = folders_parser("plot", "Learning curves from metrics.jsonl: one panel per task, one line per method.",
-                           "the PNG to write (default: <folder>/curves.png for one folder, else "
-                           "./curves.png)").parse_args(args)
-    return plot.main(flags.folders, flags.out, Console())
+    parser = folders_parser("plot", "Learning curves from metrics.jsonl: one panel per task, one line per method.",
+                            "the PNG to write (default: <folder>/curves.png for one folder, else ./curves.png)")
+    parser.add_argument("--against", metavar="KEY",
+                        help="instead of curves: each run's best score against this config key's value "
+                             "(lr: the run's learning rate), one line per method variant")
+    flags = parser.parse_args(args)
+    return plot.main(flags.folders, flags.out, Console(), flags.against)
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot}

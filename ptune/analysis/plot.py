@@ -6,6 +6,13 @@ Unfinished runs are drawn as far as they got; failed runs that evaluated at leas
 (their curve shows where they went wrong).
 
     ptune plot multirun/grid                  # writes multirun/grid/curves.png
+
+``--against KEY`` draws a sensitivity plot instead: each run's best validation main metric against the value
+of a config key (``lr``: the run's learning rate, ``optimizer.lr`` or else the method's), one line per method
+and variant (the keys its class lists in ``variants``), the mean over seeds with a ± std error bar; a log
+x axis for learning rates.
+
+    ptune plot multirun/lr-* --against lr -o docs/lr_sensitivity.png
 """
 
 from __future__ import annotations
@@ -84,8 +91,78 @@ def draw(runs: list[Run], out: Path) -> Path:
                 ax.legend(fontsize=8)
             else:
                 ax.set_xlabel("step")
-    fig.suptitle("mean over seeds, band: ± 1 std")
+    fig.suptitle(f"{', '.join(sorted({r.model for r in runs}))}: mean over seeds, band: ± 1 std")
     fig.tight_layout()
+    return save(fig, plt, out)
+
+
+def setting(folder: Path, key: str):
+    """A run's value of ``key`` from its config.yaml; ``lr``: the learning rate it trained with."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(folder / "config.yaml")
+    if key == "lr":
+        given = OmegaConf.select(cfg, "optimizer.lr")
+        return given if given is not None else OmegaConf.select(cfg, "method.lr")
+    return OmegaConf.select(cfg, key)
+
+
+def variant_label(run: Run) -> str:
+    """``structured hypernetwork=mlp``: the method and its values of the keys its class declares variants over."""
+    from omegaconf import OmegaConf
+
+    from ptune import methods
+
+    cls = methods.METHODS.get(run.method)
+    keys = sorted({o.split("=", 1)[0] for extra in getattr(cls, "variants", ()) for o in extra})
+    if not keys:
+        return run.method
+    cfg = OmegaConf.load(run.folder / "config.yaml")
+    return " ".join([run.method, *(f"{k.removeprefix('method.')}={OmegaConf.select(cfg, k)}" for k in keys)])
+
+
+def draw_against(runs: list[Run], key: str, out: Path, title: str) -> Path:
+    """Best main metric against ``key``'s value: one panel per task, one line per method variant."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("ptune plot needs matplotlib: pip install 'ptune[plot]'") from None
+    points: dict[str, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for run in runs:
+        x = setting(run.folder, key) if run.score is not None else None
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            points[run.task][variant_label(run)][float(x)].append(run.score)
+    if not points:
+        raise ConfigError(f"no finished run has a number for {key!r} in its config.yaml; try --against lr or another key")
+    tasks_ = sorted(points)
+    fig, axes = plt.subplots(1, len(tasks_), figsize=(6.4 * len(tasks_), 4.8), squeeze=False)
+    labels = sorted({label for task in points.values() for label in task})
+    colors = {label: plt.get_cmap("tab20")(i % 20) for i, label in enumerate(labels)}
+    for ax, task in zip(axes[0], tasks_, strict=True):
+        metric = main_metric(next(r for r in runs if r.task == task)) or "score"
+        for label, by_x in sorted(points[task].items()):
+            xs = sorted(by_x)
+            mean = [statistics.fmean(by_x[x]) for x in xs]
+            std = [statistics.stdev(by_x[x]) if len(by_x[x]) > 1 else 0.0 for x in xs]
+            n = max(len(v) for v in by_x.values())
+            ax.errorbar(xs, mean, yerr=std, marker="o", markersize=4, capsize=3, color=colors[label],
+                        label=f"{label} (n<={n})")
+        if key.endswith("lr") and all(x > 0 for v in points[task].values() for x in v):
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"best validation {metric}")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, plt, out)
+
+
+def save(fig, plt, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -94,10 +171,17 @@ def draw(runs: list[Run], out: Path) -> Path:
     return out
 
 
-def main(folders: list[Path], out: Path | None, console: Console) -> int:
+def main(folders: list[Path], out: Path | None, console: Console, against: str | None = None) -> int:
     runs = find(folders)
-    out = out if out is not None else (Path(folders[0]) / "curves.png" if len(folders) == 1 else Path("curves.png"))
+    stem = "curves.png" if against is None else f"against-{against.replace('.', '_')}.png"
+    out = out if out is not None else (Path(folders[0]) / stem if len(folders) == 1 else Path(stem))
     out = out if out.suffix == ".png" else out.with_suffix(".png")
-    drawn = draw([r for r in runs if r.history], out)
+    models = sorted({r.model for r in runs})
+    where = ", ".join(Path(f).name or str(f) for f in folders[:3]) + (" ..." if len(folders) > 3 else "")
+    if against is not None:
+        title = f"best validation score against {against}: {', '.join(models)}; {where}"
+        drawn = draw_against(runs, against, out, title)
+    else:
+        drawn = draw([r for r in runs if r.history], out)
     console.print(f"wrote {drawn}", highlight=False)
     return 0

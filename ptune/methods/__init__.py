@@ -33,6 +33,17 @@ def build(cfg: MethodConfig, dims: BackboneDims, label_words: list[list[str]],
     return cls(cfg, dims, label_words, tasks)
 
 
+def variants() -> list[tuple[str, tuple[str, ...]]]:
+    """Every registered method's variants as (label, overrides): ``("p_tuning encoder=mlp", ("method=p_tuning",
+    "method.encoder=mlp"))``; a method without variants appears once, with its defaults."""
+    out = []
+    for name, cls in METHODS.items():
+        for extra in cls.variants:
+            label = " ".join([name, *(o.removeprefix("method.") for o in extra)])
+            out.append((label, (f"method={name}", *extra)))
+    return out
+
+
 # import for registration (order = listing order)
 from ptune.methods import (  # noqa: E402,F401
     hyperprompt,
@@ -44,4 +55,4 @@ from ptune.methods import (  # noqa: E402,F401
     structured,
 )
 
-__all__ = ["METHODS", "BackboneDims", "Prompt", "PromptMethod", "TaskInfo", "build", "register"]
+__all__ = ["METHODS", "BackboneDims", "Prompt", "PromptMethod", "TaskInfo", "build", "register", "variants"]

@@ -100,6 +100,9 @@ class PromptMethod(nn.Module):
     # where the prompt goes, for length checks before the model loads: "input" (num_virtual_tokens soft
     # tokens among the input's), "prefix" (per-layer keys/values of that length), "none"
     places = "input"
+    # the method's variants worth comparing (each a list of overrides; ``()`` is the defaults): what the
+    # real-model learning test, ``make quality`` and the lr search iterate (methods.variants())
+    variants: tuple[tuple[str, ...], ...] = ((),)
 
     def __init__(self, cfg, dims: BackboneDims, label_words: list[list[str]], tasks: list[TaskInfo] | None = None):
         super().__init__()

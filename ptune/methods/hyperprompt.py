@@ -120,6 +120,8 @@ def uniform_(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
 class HyperPrompt(PromptMethod):
     task_aware = True
     places = "prefix"
+    variants = tuple((f"method.variant={v}",) for v in VARIANTS)
+
     def __init__(self, cfg: HyperPromptConfig, dims: BackboneDims, label_words: list[list[str]],
                  tasks: list[TaskInfo] | None = None):
         super().__init__(cfg, dims, label_words, tasks)

@@ -83,6 +83,7 @@ def hidden_size(cfg: PTuningConfig, dims: BackboneDims) -> int:
 
 @register("p_tuning", PTuningConfig)
 class PTuning(PromptMethod):
+    variants = (("method.encoder=lstm",), ("method.encoder=mlp",))
     def __init__(self, cfg: PTuningConfig, dims: BackboneDims, label_words: list[list[str]],
                  tasks: list[TaskInfo] | None = None):
         super().__init__(cfg, dims, label_words, tasks)

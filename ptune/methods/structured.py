@@ -47,7 +47,6 @@ from ptune.config import MethodConfig
 from ptune.errors import ConfigError
 from ptune.methods import register
 from ptune.methods.base import BackboneDims, Prompt, PromptMethod, TaskInfo
-from ptune.methods.prompt_tuning import PromptTuningConfig, initial_prompt
 from ptune.methods.hypernets import (
     GENERATORS,
     Generator,
@@ -57,6 +56,7 @@ from ptune.methods.hypernets import (
     text_embedding,
     unique_tasks,
 )
+from ptune.methods.prompt_tuning import PromptTuningConfig, initial_prompt
 
 INITS = ("random", "description")
 PROMPT_INITS = ("random_uniform", "vocab_sample", "class_labels", "random_normal", "generator")
@@ -128,6 +128,8 @@ def initial_task_embeddings(cfg: StructuredConfig, dims: BackboneDims, tasks: li
 @register("structured", StructuredConfig)
 class StructuredPromptTuning(PromptMethod):
     task_aware = True
+    variants = tuple((f"method.hypernetwork={k}",) for k in GENERATORS)
+
     def __init__(self, cfg: StructuredConfig, dims: BackboneDims, label_words: list[list[str]],
                  tasks: list[TaskInfo] | None = None):
         super().__init__(cfg, dims, label_words, tasks)

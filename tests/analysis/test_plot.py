@@ -65,3 +65,38 @@ def test_the_cli_command_and_its_one_line_errors(runs, tmp_path, capsys):
     make_run(empty, "prompt_tuning", "rte", 1, 50.0)  # finished, but no evaluations recorded
     with pytest.raises(ConfigError, match="no evaluations to plot"):
         plot.main([empty], None, Console(file=io.StringIO()))
+
+
+def lr_runs(root):
+    """Structured (two hypernetworks) and prompt tuning over three learning rates, two seeds at 0.1."""
+    from omegaconf import OmegaConf
+
+    for lr, score in ((0.01, 60.0), (0.1, 70.0), (0.3, 65.0)):
+        for seed in (1, 2) if lr == 0.1 else (1,):
+            for kind, shift in (("low_rank", 0.0), ("mlp", -10.0)):
+                folder = make_run(root, "structured", "sst2", seed, score + shift + seed, variant=f"{kind}-lr{lr}")
+                cfg = OmegaConf.load(folder / "config.yaml")
+                cfg.method.hypernetwork, cfg.optimizer = kind, {"lr": lr}
+                OmegaConf.save(cfg, folder / "config.yaml")
+        folder = make_run(root, "prompt_tuning", "sst2", 1, score, variant=f"lr{lr}")
+        cfg = OmegaConf.load(folder / "config.yaml")
+        cfg.method.lr, cfg.optimizer = lr, {"lr": None}  # the method's own lr: what --against lr reads then
+        OmegaConf.save(cfg, folder / "config.yaml")
+    return root
+
+
+def test_against_lr_draws_best_score_per_variant_and_reads_the_method_lr(tmp_path):
+    from ptune.analysis.runs import find
+
+    root = lr_runs(tmp_path / "grid")
+    found = find([root])
+    labels = {plot.variant_label(r) for r in found}
+    assert labels == {"structured hypernetwork=low_rank", "structured hypernetwork=mlp", "prompt_tuning"}
+    assert sorted({plot.setting(r.folder, "lr") for r in found}) == [0.01, 0.1, 0.3]
+    out = tmp_path / "lr.png"
+    assert main(["plot", str(root), "--against", "lr", "-o", str(out)]) == 0
+    pixels = mpimg.imread(out)
+    assert pixels.shape[1] == int(6.4 * 110)  # one task panel
+    assert share_of(pixels, BLUE) > 0.0005  # lines drawn (tab20's first color is tab10's blue)
+    with pytest.raises(ConfigError, match="no finished run has a number for 'trainer.nope'"):
+        plot.main([root], tmp_path / "x.png", Console(file=io.StringIO()), against="trainer.nope")
