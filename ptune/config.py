@@ -119,6 +119,7 @@ class TrainerConfig:
     save_every: int | None = None  # training-state checkpoints; null: at each evaluation
     snapshot_steps: list[int] = field(default_factory=list)  # keep the prompt at these steps: snapshots/step-<N>/
     progress: bool = True
+    log_seconds: float = 30.0  # output not a terminal (nohup, SLURM, `> log`): a plain progress line this often
     monitor: str | None = None  # early stopping and the best checkpoint: a task's main metric or avg; null: the
     # task's main metric (one task), avg (a mixture)
 
@@ -213,6 +214,7 @@ RANGES: list[tuple[str, Any, str]] = [
     ("trainer.grad_accum", lambda v: v >= 1, "must be >= 1"),
     ("trainer.eval_every", lambda v: v >= 1, "must be >= 1"),
     ("trainer.log_every", lambda v: v >= 1, "must be >= 1"),
+    ("trainer.log_seconds", lambda v: v > 0, "must be > 0"),
     ("trainer.patience", lambda v: v >= 0, "must be >= 0"),
     ("model.max_length", lambda v: v >= 8, "must be >= 8"),
     ("model.dropout", lambda v: v is None or 0 <= v < 1, "must be in [0, 1)"),

@@ -338,7 +338,7 @@ def _train_tracked(cfg: Config, console: Console, run_dir: Path, source, tracker
 
 # --- run folder ------------------------------------------------------------------------------------
 # keys a resume may change (applied, and recorded in config.yaml); every other key is the run's meaning
-RESUMABLE = ("trainer.max_steps", "trainer.eval_every", "trainer.log_every", "trainer.progress",
+RESUMABLE = ("trainer.max_steps", "trainer.eval_every", "trainer.log_every", "trainer.log_seconds", "trainer.progress",
              "trainer.save_every", "trainer.num_threads", "trainer.device", "trainer.eval_batch_size",
              "trainer.snapshot_steps", "data.root", "output_dir", "run_dir", "resume", "logger")
 

@@ -99,3 +99,21 @@ def test_train_and_eval_print_no_deprecation_or_future_warnings(tmp_path, model)
     assert score.returncode == 0, score.stderr[-2000:]
     for out in (train.stderr, score.stderr):
         assert "DeprecationWarning" not in out and "FutureWarning" not in out, out[-2000:]
+
+
+def test_progress_goes_to_a_log_as_plain_lines(tmp_path):
+    """Output redirected (not a terminal): no progress bar frames, a plain line every trainer.log_seconds and at
+    each evaluation, with step, loss, lr, elapsed time and the time left."""
+    log = tmp_path / "log.txt"
+    with log.open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "ptune.cli", "train", "model=tiny-bert", "task=rte",
+                               f"data.root={root_for(tasks.get('rte'))}", "data.train_limit=64", "data.eval_limit=16",
+                               "trainer.max_steps=6", "trainer.eval_every=3", "trainer.log_every=1",
+                               "trainer.log_seconds=0.000001", f"run_dir={tmp_path / 'run'}"],
+                              stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO, timeout=600)
+    text = log.read_text()
+    assert done.returncode == 0, text[-2000:]
+    lines = [line for line in text.splitlines() if line.startswith("train step ")]
+    assert [line.split()[2] for line in lines][:6] == [f"{s}/6" for s in (1, 2, 3, 4, 5, 6)]
+    assert all(" loss " in line and " lr " in line and " elapsed " in line for line in lines)
+    assert "\r" not in text and "\x1b[" not in text  # no bar redraws, no terminal escapes
