@@ -41,12 +41,16 @@ def main_metric(run: Run) -> str | None:
 
 
 def curves(runs: list[Run], key) -> Curves:
+    from ptune.analysis.table import setting_labels
+
     out: Curves = defaultdict(lambda: defaultdict(list))
+    labels = setting_labels(runs)  # runs differing in any setting but the seed are separate lines
     for run in runs:
         name = key(run)
         points = {int(r["step"]): float(r[name]) for r in run.history if name and name in r and "step" in r}
+        label = labels[id(run)]
         if points:
-            out[run.task][run.label if len({r.model for r in runs}) == 1 else f"{run.label} ({run.model})"].append(points)
+            out[run.task][label if len({r.model for r in runs}) == 1 else f"{label} ({run.model})"].append(points)
     return out
 
 

@@ -41,10 +41,34 @@ class Run:
     history: list[dict] = field(default_factory=list)
     task_scores: dict[str, float] = field(default_factory=dict)  # a mixture: each task's best-step main metric
     task_metrics: dict[str, str] = field(default_factory=dict)  # ... and which metric that is
+    settings: dict = field(default_factory=dict)  # what decides its result (settings()), flattened
 
     @property
     def label(self) -> str:
         return f"{self.method} {self.variant}".strip()
+
+
+# keys of a saved config that do not change what a run computes (where it runs, how it reports), and the task
+# node (a table's columns tell tasks apart); prefixes end with "."
+RUN_ONLY = ("seed", "run_dir", "output_dir", "resume", "hydra.", "logger.", "paper.", "task.", "data.root",
+            "trainer.progress", "trainer.log_every", "trainer.log_seconds", "trainer.num_threads", "trainer.device",
+            "trainer.save_every", "trainer.snapshot_steps", "trainer.eval_batch_size")
+
+
+def settings(config: dict, world_size: int | str | None = None) -> dict:
+    """A saved config flattened to the settings that decide a run's result: run-only keys left out, the
+    learning rate as one ``lr`` (``optimizer.lr``, else the method's), and the number of processes."""
+    from ptune.training.trackers import flatten
+
+    flat = flatten(config)
+    lr = flat.get("optimizer.lr") if flat.get("optimizer.lr") is not None else flat.get("method.lr")
+    out = {k: v for k, v in flat.items()
+           if k not in ("optimizer.lr", "method.lr") and not any(k == p or (p.endswith(".") and k.startswith(p))
+                                                                for p in RUN_ONLY)}
+    out["lr"] = lr
+    out["processes"] = int(world_size) if world_size not in (None, "") else 1
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
+
 
 
 def find(folders: list[Path]) -> list[Run]:
@@ -98,6 +122,9 @@ def read_run(folder: Path, failed: dict | None) -> Run:
     run.paper = float(paper[run.task]) if run.task in paper else None
     run.history = read_history(folder / "metrics.jsonl")
     results = read_json(folder / "results.json")
+    saved = OmegaConf.to_container(cfg, resolve=False)
+    run.settings = settings(saved if isinstance(saved, dict) else {},
+                            ((results or {}).get("environment") or {}).get("world_size"))
     if results is not None:
         best = results.get("best") or {}
         run.main_metric = results.get("main_metric")
@@ -107,6 +134,7 @@ def read_run(folder: Path, failed: dict | None) -> Run:
                 run.task_metrics[name] = TASKS[name].main_metric
                 run.task_scores[name] = float(metrics[TASKS[name].main_metric])
         run.trainable, run.total = results.get("trainable_params"), results.get("total_params")
+
         run.step = results.get("steps")
         run.status = "finished" if run.score is not None else "failed"
         run.error = None if run.score is not None else "results.json holds no evaluation"

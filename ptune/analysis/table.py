@@ -73,11 +73,11 @@ def build(runs: list[Run], per_task: bool = False) -> tuple[list[Row], list[str]
     of one column for the mixture's average."""
     rows: dict[tuple[str, str], Row] = {}
     metrics: dict[str, str] = {}
-    for run in runs:
-        if run.status != "finished" or run.score is None:
-            continue
+    finished = [r for r in runs if r.status == "finished" and r.score is not None]
+    labels = setting_labels(finished)
+    for run in finished:
         split = per_task and bool(run.task_scores)
-        label = f"{run.label} (mixture {run.task})" if split else run.label
+        label = f"{labels[id(run)]} (mixture {run.task})" if split else labels[id(run)]
         row = rows.setdefault((label, run.model), Row(label, run.model))
         scores = run.task_scores if split else {run.task: float(run.score)}
         for task, score in scores.items():
@@ -91,6 +91,38 @@ def build(runs: list[Run], per_task: bool = False) -> tuple[list[Row], list[str]
             frozen = run.total - run.trainable  # the frozen backbone; a trained body (model tuning): the whole model
             row.share.add(100.0 * run.trainable / (frozen if frozen >= run.trainable else max(1, run.total)))
     return sorted(rows.values(), key=lambda r: (r.model, r.label)), sorted(metrics), metrics
+
+
+def setting_labels(runs: list[Run]) -> dict[int, str]:
+    """Each run's row label: its method and folder variant, then every setting (``Run.settings``) whose value
+    differs between runs of one task with its method and model, so two runs are averaged only when all they
+    differ in is the seed (and run-only keys such as paths and logging). A setting that differs only between
+    tasks (a preset's per-task steps) does not split rows: tasks are columns already."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.method, run.model), []).append(run)
+    out = {}
+    for group in groups.values():
+        keys = sorted({k for r in group for k in r.settings})
+        by_task: dict[str, list[Run]] = {}
+        for run in group:
+            by_task.setdefault(run.task, []).append(run)
+        differ = [k for k in keys if any(len({repr(r.settings.get(k)) for r in same}) > 1 for same in by_task.values())]
+        for run in group:
+            extra = [f"{k.removeprefix('method.')}={short(run.settings.get(k))}" for k in differ
+                     if k.rsplit(".", 1)[-1] + "=" not in run.variant]
+            out[id(run)] = " ".join([run.label, *extra])
+    return out
+
+
+def short(value) -> str:
+    """A setting's value in a row label: numbers as written, long values cut with a stable hash."""
+    import hashlib
+
+    text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    if len(text) <= 24:
+        return text
+    return f"{text[:12]}…{hashlib.sha1(text.encode()).hexdigest()[:6]}"
 
 
 def header(rows: list[Row], tasks: list[str], metrics: dict[str, str]) -> list[str]:

@@ -118,3 +118,32 @@ def test_per_task_puts_a_mixture_s_tasks_in_the_task_columns(tmp_path, capsys):
     assert "sst2+mrpc" in columns and len(plain) == 1  # without --per-task: one column for the mixture
     assert main(["table", str(tmp_path), "--per-task"]) == 0
     assert "(mixture sst2+mrpc)" in capsys.readouterr().out
+
+
+def test_runs_that_differ_in_any_setting_but_the_seed_are_never_averaged(tmp_path):
+    """Loose folders named alike (no swept values in their names): a different lr, step budget or process count
+    gets its own row, labelled with what differs; seeds, paths and logging do not split rows."""
+    from omegaconf import OmegaConf
+
+    def loose(name, seed, score, lr=0.3, steps=10, world="1", **config):
+        folder = make_run(tmp_path / name, "prompt_tuning", "rte", seed, score, max_steps=steps)
+        cfg = OmegaConf.load(folder / "config.yaml")
+        cfg.optimizer, cfg.run_dir, cfg.logger = {"lr": lr}, str(folder), {"name": config.get("logger", "none")}
+        OmegaConf.save(cfg, folder / "config.yaml")
+        results = json.loads((folder / "results.json").read_text())
+        results["environment"] = {"world_size": world}
+        (folder / "results.json").write_text(json.dumps(results))
+
+    loose("a", 1, 50.0)
+    loose("b", 2, 54.0, logger="tensorboard")  # same settings, another seed and logger: averaged
+    loose("c", 1, 60.0, lr=0.03)
+    loose("d", 1, 70.0, world="2")
+    loose("e", 1, 80.0, steps=20)
+    rows, _, _ = build(find([tmp_path]))
+    cells = {r.label: r.cells["rte"].scores for r in rows}
+    assert cells == {
+        "prompt_tuning lr=0.3 processes=1 trainer.max_steps=10": [50.0, 54.0],
+        "prompt_tuning lr=0.03 processes=1 trainer.max_steps=10": [60.0],
+        "prompt_tuning lr=0.3 processes=2 trainer.max_steps=10": [70.0],
+        "prompt_tuning lr=0.3 processes=1 trainer.max_steps=20": [80.0],
+    }
