@@ -47,8 +47,11 @@ Choices where the paper leaves them open, or where ptune deviates (checkable aga
   rows; in fp32 even under bf16 autocast (the backbone casts them where they enter attention).
 * **Export** folds every hypernetwork away: ``export(task_ids)`` gives each row's plain per-layer keys and
   values, which a p_tuning_v2 prefix loaded with them reproduces exactly (tests).
-* Defaults (l 16, b 16, t' = t'' = t = 32, e 64, lr 3e-3) are ptune's: small, and they pass the
-  tiny-model learnability test; docs/methods.md gives the counts they imply on t5-base and bert-base.
+* Defaults (l 16, b 16, t' = t'' = t = 32, e 64) are ptune's: small; docs/methods.md gives the counts
+  they imply on t5-base and bert-base. Learning rate 1e-2 with ``method.lr_scaling=fan_in`` (every
+  hypernetwork weight at lr / fan-in), chosen by the search on the real MiniLM in docs/results.md
+  ("Choosing the defaults"): 3e-2 and above collapse attention onto the hyper-prompts. With one lr for
+  every weight, 3e-3 grew the keys 50-fold in 30 steps (docs/methods.md, "Why methods stalled").
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ class HyperPromptConfig(MethodConfig):
     embedding_hidden_size: int = 64  # e: h's hidden size (global)
     layer_task_embedding_dim: int = 32  # t: size of I = h(k_t, z_m) (global)
     stacks: str = "both"  # both | encoder | decoder (T5); BERT-family: both / encoder
-    lr: float = 3e-3
+    lr: float = 1e-2  # with lr_scaling=fan_in; the search in docs/results.md
 
     def check(self) -> None:
         for key, choices in (("variant", VARIANTS), ("stacks", STACKS)):
@@ -144,11 +147,21 @@ class HyperPrompt(PromptMethod):
             self.up = uniform_((sets, 2 * m, b, a), b)
 
     def fan_in(self) -> dict[str, int]:
-        """The share/sep local hypernetworks are raw tensors: D is applied to the d-wide global prompt, U to the
-        b-wide bottleneck (PromptMethod.param_groups trains each at lr / fan-in)."""
+        """The fan-in behind each weight (PromptMethod.param_groups trains it at lr / fan-in).
+
+        share/sep: the local hypernetworks are raw tensors; D is applied to the d-wide global prompt, U to the
+        b-wide bottleneck. global: H's weights generate D and U from the t-wide embedding I, so a step on them
+        moves each generated entry as t direct weights would, and that entry then acts on d (or b) inputs: their
+        fan-in is t*d (t*b), so that generated D and U move as slowly as share's directly trained ones (with t
+        alone, global collapsed at 3e-2 on MiniLM and at 1e-2 on tiny BERT, where share learned)."""
         fans = super().fan_in()
+        d, b = self.dims.hidden_size, self.cfg.bottleneck
         if self.cfg.variant != "global":
-            fans.update(down=self.dims.hidden_size, up=self.cfg.bottleneck)
+            fans.update(down=d, up=b)
+            return fans
+        t = self.cfg.layer_task_embedding_dim
+        for net in ("key_hypernet", "value_hypernet"):
+            fans.update({f"{net}.down.weight": t * d, f"{net}.up.weight": t * b})
         return fans
 
     def local_weights(self, tasks: Tensor) -> tuple[Tensor, Tensor]:

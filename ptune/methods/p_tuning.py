@@ -32,9 +32,10 @@ Deviations and choices:
   the encoder's output; it is computed once per batch, whatever the batch's task ids.
 * At export the encoder is folded away: ``export`` returns the P x d tokens, a plain prompt_tuning
   prompt (tests show the logits are identical).
-* Learning rate 1e-3: PEFT's P-Tuning examples' value (the paper's 1e-5 is for tuning the whole model
-  with the prompt); the tiny-model learnability test in tests/methods/test_method_contract.py
-  passes on tiny BERT with it (docs/methods.md, "Learnability on tiny backbones").
+* Learning rate 3e-2 with ``method.lr_scaling=fan_in`` (each encoder weight at lr / fan-in): chosen by the
+  search on the real MiniLM in docs/results.md ("Choosing the defaults"). The paper's 1e-5 is for tuning the
+  whole model with the prompt; PEFT's examples' 1e-3 with one lr for every weight left the MiniLM runs at
+  the majority class (the head shared it; docs/methods.md, "Why methods stalled on a real model").
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class PTuningConfig(MethodConfig):
     encoder_num_layers: int = 2  # lstm only
     encoder_dropout: float = 0.0  # lstm only, between layers (PEFT's default)
     split: int | None = None  # BERT family: this many tokens before the input, the rest after it; null: all before
-    lr: float = 1e-3
+    lr: float = 3e-2  # with lr_scaling=fan_in; the search in docs/results.md
 
     def check(self) -> None:
         if self.encoder not in ENCODERS:

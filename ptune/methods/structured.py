@@ -32,8 +32,13 @@ Choices where the paper leaves them open (ptune's, checkable against the paper):
   the per-task prompts.
 * At export the hypernetwork is folded away: ``export(task_ids)`` gives each row's plain P x d prompt,
   a prompt_tuning prompt per task (tests show identical logits).
-* Learning rate 1e-2 (ptune's choice: the generator's weights are shared by all P*d outputs, so
-  prompt tuning's 0.3 is far too large; 1e-2 passes the tiny-model learnability test).
+* Starting point (``prompt_init``, ptune's): the generator's last layer starts at weight 0 and bias = a
+  prompt_tuning init (random_uniform), so every task's prompt starts as a plain prompt and the special case
+  the paper argues from is where training begins; ``prompt_init=generator`` keeps PyTorch's init.
+* Learning rate 0.1 with ``method.lr_scaling=fan_in`` (each generator weight at lr / fan-in, so the prompt
+  moves as fast as a plain prompt at that lr): chosen by the search on the real MiniLM in docs/results.md
+  ("Choosing the defaults"); with one lr for every weight, 1e-2 grew the prompt 20-fold in 30 steps and it
+  stopped learning (docs/methods.md, "Why methods stalled on a real model").
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ class StructuredConfig(MethodConfig):
     # random_normal) held in the generator's last bias, its last weight zero; generator: PyTorch's default init
     prompt_init: str = "random_uniform"
     task_descriptions: list[str] | None = None  # init=description: one per task; null: from label words
-    lr: float = 1e-2
+    lr: float = 0.1  # with lr_scaling=fan_in; the search in docs/results.md
 
     def check(self) -> None:
         if self.hypernetwork not in GENERATORS:
