@@ -46,6 +46,9 @@ commands:
   table      sweep or run folders -> methods x tasks, mean ± std over seeds (n), paper numbers beside
              ours; prints it, writes Markdown and CSV:   ptune table multirun/<sweep> [-o results/table]
              [--per-task: a mixture's tasks in the task columns]
+  runs       every run under some folders, a line each: status (running, finished, stopped early,
+             interrupted, failed), step, best metric, age, settings that differ from the defaults:
+             ptune runs [outputs multirun/<sweep> ...] [--json]
   plot       sweep or run folders -> learning curves (validation metric, training loss; a band for
              the seed spread) as a PNG:                  ptune plot multirun/<sweep> [-o curves.png]
 
@@ -218,7 +221,21 @@ def cmd_plot(args: list[str]) -> int:
     return plot.main(flags.folders, flags.out, Console(), flags.against)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot}
+def cmd_runs(args: list[str]) -> int:
+    from ptune.analysis import listing
+
+    parser = argparse.ArgumentParser(prog="ptune runs", description="Every run under some folders, one line each.")
+    parser.add_argument("folders", nargs="*", type=Path,
+                        help="run or sweep folders, or folders above them (default: ./outputs and ./multirun)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line, for scripts")
+    flags = parser.parse_args(args)
+    folders = flags.folders or [p for p in (Path("outputs"), Path("multirun")) if p.is_dir()]
+    if not folders:
+        raise ConfigError("no run folders: ./outputs and ./multirun do not exist; give folders: ptune runs DIR ...")
+    return listing.main(folders, flags.json, Console(width=None if sys.stdout.isatty() else 200))
+
+
+COMMANDS = {"runs": cmd_runs, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:
