@@ -44,8 +44,12 @@ def train(overrides: Sequence[str] | dict[str, Any], console: Console | None = N
     """Train one run (``ptune train`` without ``-m``) and return its results (results.json, plus ``run_dir``)."""
     from ptune import run
     from ptune.config import load as load_config
+    from ptune.sweep import plain_folder_name
 
-    cfg = load_config(overrides_of(overrides))
+    given = overrides_of(overrides)
+    cfg = load_config(given)
+    if cfg.run_dir is None:  # as `ptune train` names it: the settings that differ from the defaults
+        cfg.run_dir = str(Path(cfg.output_dir) / plain_folder_name(cfg, given))
     return run.train(cfg, console or Console(stderr=True))
 
 

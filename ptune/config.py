@@ -328,8 +328,12 @@ def group_choices(group: str) -> list[str]:
 
 def compose_config(overrides: list[str], *, hydra: bool = False) -> DictConfig:
     """Compose with Hydra (``hydra=True`` keeps the ``hydra`` node), every error as one line."""
+    from hydra.core.global_hydra import GlobalHydra
+
     check_key_value(overrides)
     try:
+        if GlobalHydra.instance().is_initialized():  # inside `ptune train` (a Hydra app): compose there
+            return compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
         with initialize_config_module(config_module="ptune.configs", version_base=None):
             return compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
     except MissingConfigException as err:

@@ -14,6 +14,7 @@ value Hydra's Optuna sweeper maximizes.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import sys
@@ -55,6 +56,8 @@ def single_run(raw: DictConfig) -> float:
 
     try:
         cfg = to_config(raw)
+        if cfg.run_dir is None:
+            cfg.run_dir = str(Path(cfg.output_dir) / plain_folder_name(cfg, list(HydraConfig.get().overrides.task)))
         results = run.train(cfg, console)
     except PtuneError as err:
         print(f"ptune: error: {err}", file=sys.stderr)
@@ -126,9 +129,55 @@ def parse(overrides: list[str]) -> list[Override]:
 
 def variant(overrides: list[str], sweep_keys: list[str]) -> str:
     """The swept values a run folder's name does not already say, e.g. ``optimizer.lr=0.1``."""
-    parts = [f"{o.key_or_group}={o.get_value_element_as_str()}" for o in parse(overrides)
+    parts = [f"{o.key_or_group}={short(o.get_value_element_as_str())}" for o in parse(overrides)
              if o.key_or_group in sweep_keys and o.key_or_group not in NAMED]
     return ",".join(sorted(parts)).replace("/", "_")
+
+
+# settings that do not change what a run computes: never part of a folder name
+RUN_ONLY = ("data.root", "trainer.progress", "trainer.num_threads", "trainer.device", "trainer.log_every",
+            "trainer.log_seconds", "trainer.save_every", "trainer.eval_batch_size", "output_dir", "resume", "logger",
+            "hydra", "run_dir")
+
+
+def short(value: str, limit: int = 24) -> str:
+    """A value as it goes into a folder name: as written when short, else its start and a stable hash."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:12]}~{hashlib.sha1(value.encode()).hexdigest()[:8]}"
+
+
+def plain_folder_name(cfg: Config, overrides: list[str]) -> str:
+    """A single run's folder: ``<method>-<task>-<model>-s<seed>`` and, as a sweep's folders do, every setting the
+    command line changed from the defaults of that method, model and task (``-optimizer.lr=0.03``), so a second
+    value never lands in the first one's folder. Values equal to the default and run-only keys are left out."""
+    from ptune.config import lookup
+
+    last = {o.key_or_group: o for o in parse(overrides)}  # a key given twice: Hydra keeps the last
+    parsed = [o for o in last.values() if o.key_or_group not in NAMED
+              and not o.key_or_group.lstrip("+~").startswith(RUN_ONLY)]
+    if not parsed:
+        return cfg.run_name()
+    named = [o.input_line for o in parse(overrides) if o.key_or_group in NAMED and o.key_or_group != "seed"]
+    base = to_config(compose_config(named))
+    parts = []
+    for o in parsed:
+        key = o.key_or_group.lstrip("+~")
+        dotted = key.replace("/", ".")
+        group = "." not in dotted and dotted in ("optimizer", "trainer", "logger", "experiment", "sweep")
+        try:
+            if dotted in ("optimizer.lr", "method.lr"):  # one learning rate, however it was given
+                now, before = cfg.lr, base.lr
+            elif group:
+                now, before = lookup(cfg, f"{dotted}.name"), lookup(base, f"{dotted}.name")
+            else:
+                now, before = lookup(cfg, dotted), lookup(base, dotted)
+        except (AttributeError, KeyError):
+            now, before = o.get_value_element_as_str(), None
+        if now != before:
+            parts.append(f"{key}={short(o.get_value_element_as_str())}")
+    extra = ",".join(sorted(parts)).replace("/", "_")
+    return cfg.run_name() + (f"-{extra}" if extra else "")
 
 
 def run_folder_name(cfg: Config, overrides: list[str], sweep_keys: list[str]) -> str:

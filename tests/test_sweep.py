@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import hashlib
 import json
 import os
 import signal
@@ -41,6 +42,22 @@ def ptune(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.Comple
                           timeout=timeout, env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
+def test_a_single_run_s_folder_names_what_differs_so_a_second_value_never_collides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for extra in (["optimizer.lr=0.05"], ["optimizer.lr=0.3"], ["method.lr=0.05"],  # 0.3: prompt tuning's own lr
+                  ["method.init=text", "method.init_text=" + "a" * 40, "optimizer=adafactor"]):
+        assert main(["train", *TINY, "trainer.max_steps=1", "trainer.eval_every=1", *extra]) == 0
+    common = ["data.eval_limit=16", "data.train_limit=16", "trainer.batch_size=8", "trainer.eval_every=1",
+              "trainer.max_steps=1"]  # TINY's, the last of a repeated key
+    text = "method.init_text=aaaaaaaaaaaa~" + hashlib.sha1(b"a" * 40).hexdigest()[:8]  # a long value: cut, hashed
+    expected = [["optimizer.lr=0.05"], [], ["method.lr=0.05"],  # optimizer.lr=0.3 is prompt tuning's own lr
+                ["method.init=text", text, "optimizer=adafactor"]]
+    names = sorted(p.name for p in (tmp_path / "outputs").iterdir())
+    assert names == sorted("prompt_tuning-rte-tiny-bert-s42-" + ",".join(sorted(common + e)) for e in expected)
+    assert main(["train", *TINY, "optimizer.lr=0.05", f"run_dir={tmp_path / 'mine'}"]) == 0  # run_dir= still wins
+    assert (tmp_path / "mine" / "results.json").is_file()
+
+
 def jobs(sweep_dir: Path) -> list[dict]:
     return json.loads((sweep_dir / "sweep.json").read_text())["jobs"]
 
@@ -50,7 +67,9 @@ def test_a_single_run_writes_its_run_folder_and_nothing_else(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     assert main(["train", *TINY, "seed=3"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]  # no outputs/<date>/, .hydra/, *.log
-    run = tmp_path / "outputs" / "prompt_tuning-rte-tiny-bert-s3"
+    # the name carries what the command changed from the defaults (data.root and the thread count do not count)
+    run = tmp_path / "outputs" / ("prompt_tuning-rte-tiny-bert-s3-data.eval_limit=16,data.train_limit=16,"
+                                  "trainer.batch_size=8,trainer.eval_every=2,trainer.max_steps=4")
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == [run.name]
     assert {"config.yaml", "results.json", "metrics.jsonl", "prompt.safetensors", "folded.safetensors",
             "state", ".ptune.lock"} == {
