@@ -35,13 +35,13 @@ where:  ## where `make train` takes data and models from
 test:  ## every test on the locked versions: unit (tiny random-init models) and integration (real CLI, data, model)
 	PTUNE_REQUIRE_PEFT=1 $(PY) -m pytest -q -rs
 
-test-latest:  ## every test in .venv-latest, on the newest versions pyproject.toml allows (torch held at 2.13.0)
+test-latest:  ## unit tests in .venv-latest, on the newest versions pyproject.toml allows (torch held at 2.13.0); the integration and torchrun tests run once, in `make test`
 	rm -rf .venv-latest
 	python3 -m venv .venv-latest
 	.venv-latest/bin/python -m pip install -q --upgrade pip
 	.venv-latest/bin/python -m pip install -q $(TORCH)
 	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
-	.venv-latest/bin/python -m pytest -q -rs
+	.venv-latest/bin/python -m pytest -q -rs -m "not integration and not multiprocess"
 
 sweep-quick:  ## a 2x2 grid (methods x seeds) on a tiny random model, then its table and plot (under a minute)
 	.venv/bin/ptune train -m model=tiny-bert method=prompt_tuning,p_tuning_v2 task=rte seed=1,2 \

@@ -18,6 +18,8 @@ from ptune.training import distributed
 from tests.conftest import REPO, SHARED_DATA
 from tests.training.test_reliability import state_step
 
+pytestmark = pytest.mark.multiprocess  # torchrun jobs: `make test` runs them, `make test-latest` does not
+
 # 70 rows in batches of 8: every epoch ends on a batch of 6, which 2 ranks split 3 + 3 (and a batch of 3
 # on 2 ranks would be 2 + 1); dropout 0, so the one- and two-process runs see the same function
 COMMON = [f"data.root={SHARED_DATA}", "data.train_limit=70", "data.eval_limit=24", "trainer.batch_size=8",
