@@ -184,8 +184,10 @@ def cmd_describe(overrides: list[str]) -> int:
     print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
     try:
         print(describe.comment(describe.summary(cfg)), end="")
-    except PtuneError as err:  # no config or tokenizer for the model here: the config alone is still useful
-        print(f"# parameter counts need the model's config and tokenizer: {err}")
+    except PtuneError as err:  # the config above is still useful; the counts it exists for are missing: exit 2
+        print(f"ptune: error: no parameter counts: they need the model's config and tokenizer ({err})",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -235,6 +237,7 @@ def cmd_runs(args: list[str]) -> int:
     return listing.main(folders, flags.json, Console(width=None if sys.stdout.isatty() else 200))
 
 
+LOADS_MODELS = ("train", "eval", "predict", "describe")  # the commands that may reach the hub
 COMMANDS = {"runs": cmd_runs, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot}
 
 
@@ -248,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"ptune: error: unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    if argv[0] in LOADS_MODELS and not any(a in ("-h", "--help", "--cfg", "--info") for a in argv[1:]):
+        from ptune import offline
+
+        offline.settle()  # before anything imports huggingface_hub
     try:
         return COMMANDS[argv[0]](argv[1:])
     except PtuneError as err:

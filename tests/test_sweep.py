@@ -5,9 +5,9 @@ One sweep is run per module fixture and shared by several assertions: every job 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
-import hashlib
 import json
 import os
 import signal
