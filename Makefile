@@ -40,7 +40,7 @@ test-latest:  ## unit tests in .venv-latest, on the newest versions pyproject.to
 	python3 -m venv .venv-latest
 	.venv-latest/bin/python -m pip install -q --upgrade pip
 	.venv-latest/bin/python -m pip install -q $(TORCH)
-	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]" $(TORCH)
 	.venv-latest/bin/python -m pytest -q -rs -m "not integration and not multiprocess"
 
 sweep-quick:  ## a 2x2 grid (methods x seeds) on a tiny random model, then its table and plot (under a minute)
