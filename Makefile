@@ -24,7 +24,7 @@ install:  ## .venv with the tested versions (constraints.txt): CPU torch 2.13, p
 	$(PY) -m pip install -q -c constraints.txt $(TORCH)
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 
-train:  ## a real run: prompt tuning, MiniLM, SST-2, 300 steps (4-8 min on 2 cores); offline from ../shared if there
+train:  ## a real run: prompt tuning, MiniLM, SST-2, 300 steps (about 5.5 min on 2 cores, README); offline from ../shared if there
 	.venv/bin/ptune train method=prompt_tuning model=minilm task=sst2 $(DATA_ROOT) \
 		trainer.max_steps=300 optimizer.lr=0.03 run_dir=outputs/quickstart-pt-sst2-minilm
 
@@ -43,7 +43,7 @@ test-latest:  ## unit tests in .venv-latest, on the newest versions pyproject.to
 	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]" $(TORCH)
 	.venv-latest/bin/python -m pytest -q -rs -m "not integration and not multiprocess"
 
-sweep-quick:  ## a 2x2 grid (methods x seeds) on a tiny random model, then its table and plot (under a minute)
+sweep-quick:  ## a 2x2 grid (methods x seeds) on a tiny random model, then its table and plot
 	.venv/bin/ptune train -m model=tiny-bert method=prompt_tuning,p_tuning_v2 task=rte seed=1,2 \
 		data.root=$(SHARED)/data/hub data.train_limit=64 data.eval_limit=64 trainer.max_steps=20 \
 		trainer.eval_every=5 trainer.progress=false hydra.sweep.dir=multirun/quick
@@ -51,7 +51,7 @@ sweep-quick:  ## a 2x2 grid (methods x seeds) on a tiny random model, then its t
 	.venv/bin/ptune plot multirun/quick
 
 
-test-unit:  ## unit tests only (seconds)
+test-unit:  ## unit tests only (about 12 min on 2 cores)
 	$(PY) -m pytest -q -m "not integration"
 
 lock:  ## rebuild constraints.txt: the newest allowed versions in a fresh venv, except LOCK_PINS

@@ -29,7 +29,7 @@ from ptune import sweep
 from ptune.config import load, to_config
 from ptune.errors import ConfigError, PtuneError
 
-USAGE = """ptune <command> ...
+USAGE = """ptune <command> ...     (ptune --version)
 
 commands:
   train      train a method on a task:   ptune train method=p_tuning_v2 task=rte model=minilm
@@ -248,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else 2
+    if argv[0] in ("--version", "-V"):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"ptune {version('ptune')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("ptune (not installed: no version)")
+        return 0
     if argv[0] not in COMMANDS:
         print(f"ptune: error: unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2

@@ -309,8 +309,8 @@ def check_bert_only(cfg: Config) -> None:
 # --- composing ------------------------------------------------------------------------------------
 GROUPS = ("method", "model", "task", "optimizer", "trainer", "logger")
 PLUGINS = ("joblib", "submitit_local", "submitit_slurm", "optuna")
-INSTALL_HINT = {"hydra/launcher": " (the joblib and submitit launchers come with pip install 'ptune[sweep]')",
-                "hydra/sweeper": " (the optuna sweeper comes with pip install 'ptune[sweep]')"}
+INSTALL_HINT = {"hydra/launcher": " (the joblib and submitit launchers come with pip install -e '.[sweep]' in the ptune checkout)",
+                "hydra/sweeper": " (the optuna sweeper comes with pip install -e '.[sweep]' in the ptune checkout)"}
 
 
 def configs_folder() -> Path:

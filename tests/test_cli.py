@@ -117,3 +117,10 @@ def test_progress_goes_to_a_log_as_plain_lines(tmp_path):
     assert [line.split()[2] for line in lines][:6] == [f"{s}/6" for s in (1, 2, 3, 4, 5, 6)]
     assert all(" loss " in line and " lr " in line and " elapsed " in line for line in lines)
     assert "\r" not in text and "\x1b[" not in text  # no bar redraws, no terminal escapes
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ptune {version('ptune')}"

@@ -69,7 +69,7 @@ def draw(runs: list[Run], out: Path) -> Path:
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        raise ConfigError("ptune plot needs matplotlib: pip install 'ptune[plot]'") from None
+        raise ConfigError("ptune plot needs matplotlib: pip install -e '.[plot]' (in the ptune checkout)") from None
     metric = {r.task: main_metric(r) for r in runs}
     val, loss = curves(runs, lambda r: metric[r.task]), curves(runs, lambda r: "train_loss")
     panels = sorted(set(val) | set(loss))
@@ -133,7 +133,7 @@ def draw_against(runs: list[Run], key: str, out: Path, title: str) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ConfigError("ptune plot needs matplotlib: pip install 'ptune[plot]'") from None
+        raise ConfigError("ptune plot needs matplotlib: pip install -e '.[plot]' (in the ptune checkout)") from None
     points: dict[str, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in runs:
         x = setting(run.folder, key) if run.score is not None else None

@@ -178,7 +178,7 @@ def check(lcfg) -> None:
         raise ConfigError(f"unknown logger {lcfg.name!r}; choose one of: {', '.join(TRACKERS)}")
     _, module, extra = TRACKERS[lcfg.name]
     if module is not None and importlib_util.find_spec(module) is None:
-        raise ConfigError(f"logger={lcfg.name} needs the {module} package: pip install 'ptune[{extra}]'")
+        raise ConfigError(f"logger={lcfg.name} needs the {module} package: pip install -e '.[{extra}]' in the ptune checkout")
 
 
 def resume_step(cfg, run_dir: Path) -> int:

@@ -138,7 +138,7 @@ def test_a_missing_library_names_the_extra_before_the_model_loads(tmp_path, monk
     monkeypatch.setattr(backbones, "load", lambda *a, **k: pytest.fail("the model must not load"))
     assert train(tmp_path / "run", "trainer.max_steps=2", f"logger={name}") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"pip install 'ptune[{name}]'" in err[0]
+    assert len(err) == 1 and f"pip install -e '.[{name}]'" in err[0]
 
 
 def test_unknown_logger_lists_the_choices(tmp_path, capsys):
