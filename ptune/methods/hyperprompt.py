@@ -48,10 +48,11 @@ Choices where the paper leaves them open, or where ptune deviates (checkable aga
 * **Export** folds every hypernetwork away: ``export(task_ids)`` gives each row's plain per-layer keys and
   values, which a p_tuning_v2 prefix loaded with them reproduces exactly (tests).
 * Defaults (l 16, b 16, t' = t'' = t = 32, e 64) are ptune's: small; docs/methods.md gives the counts
-  they imply on t5-base and bert-base. Learning rate 1e-2 with ``method.lr_scaling=fan_in`` (every
-  hypernetwork weight at lr / fan-in), chosen by the search on the real MiniLM in docs/results.md
-  ("Choosing the defaults"): 3e-2 and above collapse attention onto the hyper-prompts. With one lr for
-  every weight, 3e-3 grew the keys 50-fold in 30 steps (docs/methods.md, "Why methods stalled").
+  they imply on t5-base and bert-base. Learning rate 3e-2 with ``method.lr_scaling=fan_in`` (every
+  hypernetwork weight at lr / fan-in; the global hypernetworks' at lr / (t*d) and lr / (t*b), see
+  ``fan_in``), chosen by the search on the real MiniLM in docs/results.md ("Choosing the defaults"): one
+  rate that serves all three variants. With one lr for every weight, 3e-3 grew the keys 50-fold in 30
+  steps (docs/methods.md, "Why methods stalled").
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class HyperPromptConfig(MethodConfig):
     embedding_hidden_size: int = 64  # e: h's hidden size (global)
     layer_task_embedding_dim: int = 32  # t: size of I = h(k_t, z_m) (global)
     stacks: str = "both"  # both | encoder | decoder (T5); BERT-family: both / encoder
-    lr: float = 1e-2  # with lr_scaling=fan_in; the search in docs/results.md
+    lr: float = 3e-2  # with lr_scaling=fan_in; the search in docs/results.md
 
     def check(self) -> None:
         for key, choices in (("variant", VARIANTS), ("stacks", STACKS)):

@@ -52,8 +52,8 @@ LEARN = [
     ("t5", "p_tuning", ("method.encoder=mlp", "optimizer.lr=5e-3"), 100),
     ("bert", "structured", (), 60), ("t5", "structured", (), 60),
     ("bert", "structured", ("method.hypernetwork=mlp", "method.hidden_size=32"), 60),
-    # HyperPrompt-Global on 16 examples of tiny BERT halves its loss at 3e-3 and sits at ln 2 from 1e-2 up (its
-    # MiniLM default, chosen on real data); share learns at both
+    # HyperPrompt-Global on 16 examples of tiny BERT halves its loss at 3e-3 and sits at ln 2 from 1e-2 up
+    # (its MiniLM default, 3e-2, was chosen on real data); share learns at both
     ("bert", "hyperprompt", ("optimizer.lr=3e-3",), 60), ("t5", "hyperprompt", (), 60),
     ("bert", "hyperprompt", ("method.variant=share",), 60), ("t5", "hyperprompt", ("method.variant=sep",), 60),
 ]
