@@ -390,6 +390,11 @@ def to_config(raw: DictConfig) -> Config:
     if isinstance(task, DictConfig) and isinstance(task.get("name"), str):  # a run folder from before mixtures
         raw = OmegaConf.merge(OmegaConf.masked_copy(raw, [str(k) for k in raw if k != "task"]),
                               {"task": {task.name: {}}})
+    method = raw.get("method")
+    if isinstance(method, DictConfig) and "name" in method and "lr_scaling" not in method:
+        # a run saved before method.lr_scaling existed trained every parameter at one lr: say so, so that a
+        # resume is refused as a change of settings rather than silently training differently
+        raw = OmegaConf.merge(raw, {"method": {"lr_scaling": "none"}})
     name = raw.get("method", {}).get("name", "prompt_tuning")
     if name not in METHOD_CONFIGS:
         raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHOD_CONFIGS))}")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from ptune.errors import TrainingError
+from ptune.errors import CheckpointError, TrainingError
 from ptune.tasks.collate import collate, eval_batches, iterate, to_device
 from ptune.tasks.mixture import average, mixture_batches, task_score
 from ptune.training import checkpoint as ckpt
@@ -155,7 +155,12 @@ def fit(parts, console: Console | None = None) -> dict:
     if state_dir is not None:
         saved, opt_state, progress, rng = ckpt.load_state(state_dir)
         ckpt.load_trainable(modules, saved, state_dir)
-        optimizer.load_state_dict(opt_state)
+        try:
+            optimizer.load_state_dict(opt_state)
+        except ValueError as err:  # another grouping of the parameters (a state saved by an older ptune)
+            raise CheckpointError(
+                f"{state_dir} holds optimizer state for other parameter groups ({str(err).splitlines()[0]}); it was "
+                "saved by another ptune version: finish it with that version, or start a new run_dir=") from None
         scheduler.load_state_dict(progress.pop("scheduler"))
         stopper = EarlyStopping(**progress.pop("early_stopping"))
         ckpt.set_rng_state(rng["t"], rng["m"])

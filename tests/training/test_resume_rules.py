@@ -108,3 +108,30 @@ def test_an_unwritable_run_dir_fails_in_one_line_before_the_model_loads(tmp_path
     assert train(blocker / "run", "trainer.max_steps=2") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"ptune: error: run_dir={blocker / 'run'} cannot be written") and "\n" not in err
+
+
+def test_a_run_saved_before_lr_scaling_resumes_only_as_it_trained(half, capsys):
+    """A folder from before method.lr_scaling (one lr for every parameter, the head in the method's optimizer
+    group): the saved config reads as lr_scaling=none, so the new default is refused as a change of settings;
+    asked for explicitly, its optimizer state of other groups is refused in one line. It still evaluates."""
+    from ptune.training import checkpoint as ckpt
+
+    cfg = OmegaConf.load(half / "config.yaml")
+    del cfg.method["lr_scaling"]
+    OmegaConf.save(cfg, half / "config.yaml")
+    state_dir = ckpt.latest_state_dir(half / "state")
+    params, opt_state, progress, _ = ckpt.load_state(state_dir)
+    assert len(opt_state["param_groups"]) == 2  # the prompt and the head, since issue 24
+    capsys.readouterr()
+    assert train(half, "trainer.max_steps=4") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "method.lr_scaling='none' -> 'fan_in'" in err[0]
+    first, second = opt_state["param_groups"]
+    one_group = dict(opt_state, param_groups=[dict(first, params=first["params"] + second["params"])])
+    ckpt.save_state(state_dir, params, one_group, progress)  # as an older ptune saved it: one group
+    assert train(half, "trainer.max_steps=4", "method.lr_scaling=none") == 2
+    err = capsys.readouterr().err  # found once the optimizer exists, after the model loaded: one error line
+    errors = [line for line in err.splitlines() if line.startswith("ptune: error:")]
+    assert len(errors) == 1 and "other parameter groups" in errors[0] and "another ptune version" in errors[0]
+    assert "Traceback" not in err
+    assert main(["eval", f"run={half}"]) == 0
