@@ -161,7 +161,7 @@ def draw_against(runs: list[Run], key: str, out: Path, title: str) -> Path:
         ax.set_title(task)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10, wrap=True)
     fig.tight_layout()
     return save(fig, plt, out)
 
@@ -181,7 +181,8 @@ def main(folders: list[Path], out: Path | None, console: Console, against: str |
     out = out if out is not None else (Path(folders[0]) / stem if len(folders) == 1 else Path(stem))
     out = out if out.suffix == ".png" else out.with_suffix(".png")
     models = sorted({r.model for r in runs})
-    where = ", ".join(Path(f).name or str(f) for f in folders[:3]) + (" ..." if len(folders) > 3 else "")
+    where = (", ".join(Path(f).name or str(f) for f in folders) if len(folders) <= 2 else
+             f"{len(folders)} folders under {Path(folders[0]).resolve().parent.name}/")
     if against is not None:
         title = f"best validation score against {against}: {', '.join(models)}; {where}"
         drawn = draw_against(runs, against, out, title)
