@@ -52,7 +52,8 @@ def ptune_optimizer(parts, total_steps: int):
     from ptune.training.optim import build_optimizer, build_scheduler
 
     params = parts.trainable_parameters()
-    opt = build_optimizer(parts.cfg.optimizer, params, parts.cfg.lr, parts.device)
+    # the run's optimizer groups (generator weights at lr / fan-in, the heads at model.head_lr), as fit has them
+    opt = build_optimizer(parts.cfg.optimizer, parts.param_groups(), parts.cfg.lr, parts.device)
     sched = build_scheduler(parts.cfg.optimizer, opt, total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=parts.device.type == "cuda" and parts.cfg.trainer.precision == "fp16")
     return params, opt, sched, scaler
