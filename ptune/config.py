@@ -179,6 +179,12 @@ class Config:
         return self.run_dir or os.path.join(self.output_dir, self.run_name())
 
 
+# keys that do not change what a run computes (where it runs and writes, how it reports): never in a run folder's
+# name, never a reason to split a table row, free to change on resume (keys match by prefix)
+RUN_ONLY = ("run_dir", "output_dir", "resume", "hydra", "logger", "data.root", "trainer.progress",
+            "trainer.log_every", "trainer.log_seconds", "trainer.num_threads", "trainer.device", "trainer.save_every",
+            "trainer.snapshot_steps", "trainer.eval_batch_size")
+
 # name -> dataclass of that method's config; filled by each module in ptune.methods
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
 

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from ptune import backbones, methods, tasks
 from ptune.backbones.base import Backbone
-from ptune.config import Config, saved_task_label, to_config
+from ptune.config import RUN_ONLY, Config, saved_task_label, to_config
 from ptune.errors import CheckpointError, ConfigError, DataError
 from ptune.methods import transfer
 from ptune.methods.base import PromptMethod
@@ -338,9 +338,7 @@ def _train_tracked(cfg: Config, console: Console, run_dir: Path, source, tracker
 
 # --- run folder ------------------------------------------------------------------------------------
 # keys a resume may change (applied, and recorded in config.yaml); every other key is the run's meaning
-RESUMABLE = ("trainer.max_steps", "trainer.eval_every", "trainer.log_every", "trainer.log_seconds", "trainer.progress",
-             "trainer.save_every", "trainer.num_threads", "trainer.device", "trainer.eval_batch_size",
-             "trainer.snapshot_steps", "data.root", "output_dir", "run_dir", "resume", "logger")
+RESUMABLE = ("trainer.max_steps", "trainer.eval_every", *RUN_ONLY)
 
 
 def check_run_folder(cfg: Config, run_dir: Path) -> dict | None:

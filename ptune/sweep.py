@@ -33,7 +33,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from ptune.config import Config, check_key_value, compose_config, to_config
+from ptune.config import RUN_ONLY, Config, check_key_value, compose_config, to_config
 from ptune.errors import ConfigError, PtuneError
 from ptune.training import checkpoint as ckpt
 from ptune.training import distributed
@@ -132,12 +132,6 @@ def variant(overrides: list[str], sweep_keys: list[str]) -> str:
     parts = [f"{o.key_or_group}={short(o.get_value_element_as_str())}" for o in parse(overrides)
              if o.key_or_group in sweep_keys and o.key_or_group not in NAMED]
     return ",".join(sorted(parts)).replace("/", "_")
-
-
-# settings that do not change what a run computes: never part of a folder name
-RUN_ONLY = ("data.root", "trainer.progress", "trainer.num_threads", "trainer.device", "trainer.log_every",
-            "trainer.log_seconds", "trainer.save_every", "trainer.eval_batch_size", "output_dir", "resume", "logger",
-            "hydra", "run_dir")
 
 
 def short(value: str, limit: int = 24) -> str:

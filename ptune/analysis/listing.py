@@ -21,8 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ptune.analysis.runs import Run, find, read_json, settings
-
-LOCK = ".ptune.lock"
+from ptune.run import LOCK
 
 
 def held(folder: Path) -> bool:
@@ -110,8 +109,7 @@ def records(folders: list[Path]) -> list[dict]:
             from ptune.analysis.plot import main_metric
 
             run.main_metric = main_metric(run)
-        state = read_json(run.folder / "state" / "state.json") or {}
-        step = run.step if run.step is not None else (state.get("progress") or {}).get("step")
+        step = run.step  # read_run took it from results.json, or from the saved state
         out.append({"run": str(run.folder), "status": status(run), "method": run.method, "task": run.task,
                     "model": run.model, "seed": run.seed, "step": step, "max_steps": run.max_steps,
                     "metric": run.main_metric, "best": best_so_far(run), "age_s": round(age(run.folder), 1),

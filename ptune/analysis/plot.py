@@ -100,29 +100,19 @@ def draw(runs: list[Run], out: Path) -> Path:
     return save(fig, plt, out)
 
 
-def setting(folder: Path, key: str):
-    """A run's value of ``key`` from its config.yaml; ``lr``: the learning rate it trained with."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(folder / "config.yaml")
-    if key == "lr":
-        given = OmegaConf.select(cfg, "optimizer.lr")
-        return given if given is not None else OmegaConf.select(cfg, "method.lr")
-    return OmegaConf.select(cfg, key)
+def setting(run: Run, key: str):
+    """A run's value of ``key`` (its settings, read once with the run; ``lr``: the learning rate it trained with,
+    ``optimizer.lr`` and ``method.lr`` both mean that one)."""
+    return run.settings.get("lr" if key in ("optimizer.lr", "method.lr") else key)
 
 
 def variant_label(run: Run) -> str:
     """``structured hypernetwork=mlp``: the method and its values of the keys its class declares variants over."""
-    from omegaconf import OmegaConf
-
     from ptune import methods
 
     cls = methods.METHODS.get(run.method)
     keys = sorted({o.split("=", 1)[0] for extra in getattr(cls, "variants", ()) for o in extra})
-    if not keys:
-        return run.method
-    cfg = OmegaConf.load(run.folder / "config.yaml")
-    return " ".join([run.method, *(f"{k.removeprefix('method.')}={OmegaConf.select(cfg, k)}" for k in keys)])
+    return " ".join([run.method, *(f"{k.removeprefix('method.')}={run.settings.get(k)}" for k in keys)])
 
 
 def draw_against(runs: list[Run], key: str, out: Path, title: str) -> Path:
@@ -136,7 +126,7 @@ def draw_against(runs: list[Run], key: str, out: Path, title: str) -> Path:
         raise ConfigError("ptune plot needs matplotlib: pip install -e '.[plot]' (in the ptune checkout)") from None
     points: dict[str, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in runs:
-        x = setting(run.folder, key) if run.score is not None else None
+        x = setting(run, key) if run.score is not None else None
         if isinstance(x, (int, float)) and not isinstance(x, bool):
             points[run.task][variant_label(run)][float(x)].append(run.score)
     if not points:

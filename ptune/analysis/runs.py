@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ptune.config import saved_task_label
+from ptune.config import RUN_ONLY, saved_task_label
 from ptune.errors import ConfigError
 from ptune.tasks import TASKS
 
@@ -48,11 +48,9 @@ class Run:
         return f"{self.method} {self.variant}".strip()
 
 
-# keys of a saved config that do not change what a run computes (where it runs, how it reports), and the task
-# node (a table's columns tell tasks apart); prefixes end with "."
-RUN_ONLY = ("seed", "run_dir", "output_dir", "resume", "hydra.", "logger.", "paper.", "task.", "data.root",
-            "trainer.progress", "trainer.log_every", "trainer.log_seconds", "trainer.num_threads", "trainer.device",
-            "trainer.save_every", "trainer.snapshot_steps", "trainer.eval_batch_size")
+# besides the run-only keys: the seed (what tables average over), the paper's numbers, and the task node (a
+# table's columns tell tasks apart)
+NOT_SETTINGS = ("seed", "paper.", "task.", *RUN_ONLY)
 
 
 def settings(config: dict, world_size: int | str | None = None) -> dict:
@@ -63,8 +61,7 @@ def settings(config: dict, world_size: int | str | None = None) -> dict:
     flat = flatten(config)
     lr = flat.get("optimizer.lr") if flat.get("optimizer.lr") is not None else flat.get("method.lr")
     out = {k: v for k, v in flat.items()
-           if k not in ("optimizer.lr", "method.lr") and not any(k == p or (p.endswith(".") and k.startswith(p))
-                                                                for p in RUN_ONLY)}
+           if k not in ("optimizer.lr", "method.lr") and not k.startswith(NOT_SETTINGS)}
     out["lr"] = lr
     out["processes"] = int(world_size) if world_size not in (None, "") else 1
     return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}

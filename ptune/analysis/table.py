@@ -116,13 +116,10 @@ def setting_labels(runs: list[Run]) -> dict[int, str]:
 
 
 def short(value) -> str:
-    """A setting's value in a row label: numbers as written, long values cut with a stable hash."""
-    import hashlib
+    """A setting's value in a row label, shortened as in run folder names (``sweep.short``)."""
+    from ptune.sweep import short as folder_short
 
-    text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-    if len(text) <= 24:
-        return text
-    return f"{text[:12]}…{hashlib.sha1(text.encode()).hexdigest()[:6]}"
+    return folder_short(",".join(map(str, value)) if isinstance(value, tuple) else str(value))
 
 
 def header(rows: list[Row], tasks: list[str], metrics: dict[str, str]) -> list[str]:

@@ -92,7 +92,7 @@ def test_against_lr_draws_best_score_per_variant_and_reads_the_method_lr(tmp_pat
     found = find([root])
     labels = {plot.variant_label(r) for r in found}
     assert labels == {"structured hypernetwork=low_rank", "structured hypernetwork=mlp", "prompt_tuning"}
-    assert sorted({plot.setting(r.folder, "lr") for r in found}) == [0.01, 0.1, 0.3]
+    assert sorted({plot.setting(r, "lr") for r in found}) == [0.01, 0.1, 0.3]
     out = tmp_path / "lr.png"
     assert main(["plot", str(root), "--against", "lr", "-o", str(out)]) == 0
     pixels = mpimg.imread(out)
