@@ -61,7 +61,7 @@ def band(seeds: list[dict[int, float]]) -> tuple[list[int], list[float], list[fl
     return steps, [statistics.fmean(v) for v in values], [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
 
 
-def draw(runs: list[Run], out: Path) -> Path:
+def draw(runs: list[Run], out: Path, title: str) -> Path:
     try:
         import matplotlib
 
@@ -95,7 +95,7 @@ def draw(runs: list[Run], out: Path) -> Path:
                 ax.legend(fontsize=8)
             else:
                 ax.set_xlabel("step")
-    fig.suptitle(f"{', '.join(sorted({r.model for r in runs}))}: mean over seeds, band: ± 1 std")
+    fig.suptitle(f"{title}: mean over seeds, band: ± 1 std", fontsize=10, wrap=True)
     fig.tight_layout()
     return save(fig, plt, out)
 
@@ -177,6 +177,6 @@ def main(folders: list[Path], out: Path | None, console: Console, against: str |
         title = f"best validation score against {against}: {', '.join(models)}; {where}"
         drawn = draw_against(runs, against, out, title)
     else:
-        drawn = draw([r for r in runs if r.history], out)
+        drawn = draw([r for r in runs if r.history], out, f"{', '.join(models)}; {where}")
     console.print(f"wrote {drawn}", highlight=False)
     return 0
