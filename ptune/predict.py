@@ -25,10 +25,10 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ptune import files
 from ptune.config import Config, to_config
 from ptune.errors import CheckpointError, ConfigError, DataError
 from ptune.tasks.base import Example, Task
-from ptune.training import checkpoint as ckpt
 
 FORMATS = ("jsonl", "csv", "parquet")
 PROMPT = "prompt.safetensors"
@@ -195,7 +195,7 @@ def write_rows(rows: list[dict], path: Path) -> None:
         data = text.getvalue().encode()
     else:
         data = "".join(json.dumps(row, default=str) + "\n" for row in rows).encode()
-    ckpt.atomic_write_bytes(path, data)
+    files.atomic_write_bytes(path, data)
 
 
 # --- the command ----------------------------------------------------------------------------------

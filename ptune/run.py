@@ -21,7 +21,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from ptune import backbones, methods, tasks
+from ptune import backbones, files, methods, tasks
 from ptune.backbones.base import Backbone
 from ptune.config import RUN_ONLY, Config, saved_task_label, to_config
 from ptune.errors import CheckpointError, ConfigError, DataError
@@ -120,7 +120,7 @@ class Parts:
     def save_prompt(self, path: Path, step: int) -> None:
         """The trainable parameters to ``path`` and, beside it, the folded form (``folded.safetensors``)."""
         meta = dict(self.metadata(), step=str(step), tasks=",".join(t.name for t in self.tasks))
-        ckpt.atomic_save_tensors(path, ckpt.trainable_state(self.trainable_modules()), meta)
+        files.atomic_save_tensors(path, ckpt.trainable_state(self.trainable_modules()), meta)
         self.save_folded(path.with_name(FOLDED), meta)
 
     def save_folded(self, path: Path, meta: dict[str, str]) -> None:
@@ -135,10 +135,10 @@ class Parts:
             self.method.train(was_training)
         split = getattr(self.method.cfg, "split", None)  # Folded(tensors, split) places them the same way
         if tensors:
-            ckpt.atomic_save_tensors(path, tensors, dict(meta, **({"split": str(split)} if split is not None else {})))
+            files.atomic_save_tensors(path, tensors, dict(meta, **({"split": str(split)} if split is not None else {})))
 
     def load_prompt(self, path: Path) -> int:
-        tensors, meta = ckpt.read_tensors(path)
+        tensors, meta = files.read_tensors(path)
         if meta.get("format") != ckpt.FORMAT:
             raise CheckpointError(f"{path} is not a ptune prompt checkpoint (format={meta.get('format')!r})")
         ckpt.check_metadata(meta, self.metadata(), path)
@@ -430,7 +430,7 @@ def finished_results(cfg: Config) -> dict | None:
 
 
 def save_config(cfg: Config, run_dir: Path) -> None:
-    ckpt.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    files.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
 
 def load_config(run_dir: Path) -> Config:
@@ -486,5 +486,5 @@ def write_results(parts: Parts, outcome: dict, sweep: dict | None = None) -> dic
     if sweep:
         results["sweep"] = sweep
     if distributed.current().main:
-        ckpt.atomic_write_json(parts.run_dir / "results.json", results)
+        files.atomic_write_json(parts.run_dir / "results.json", results)
     return results

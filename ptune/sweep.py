@@ -33,9 +33,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from ptune import files
 from ptune.config import RUN_ONLY, Config, check_key_value, compose_config, to_config
 from ptune.errors import ConfigError, PtuneError
-from ptune.training import checkpoint as ckpt
 from ptune.training import distributed
 
 RECORD = "sweep.json"
@@ -243,7 +243,7 @@ def locked(sweep_dir: Path):
             path = sweep_dir / RECORD
             data = json.loads(path.read_text()) if path.is_file() else {"jobs": []}
             yield data
-            ckpt.atomic_write_json(path, data)
+            files.atomic_write_json(path, data)
         finally:
             fcntl.lockf(f, fcntl.LOCK_UN)
 

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ptune.analysis.runs import Run, find
-from ptune.training.checkpoint import atomic_write_text
+from ptune.files import atomic_write_text
 
 
 @dataclass

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ptune import files
 from ptune.errors import CheckpointError, ConfigError
-from ptune.training import checkpoint as ckpt
 
 
 def source_file(init_from: str, step: int | None) -> Path:
@@ -55,7 +55,7 @@ def check(cfg, expected: dict[str, str]) -> tuple[dict[str, Tensor], dict[str, s
     """Read the source and check it is this method on this backbone, before anything loads."""
     m = cfg.method
     path = source_file(m.init_from, m.init_from_step)
-    tensors, meta = ckpt.read_tensors(path)
+    tensors, meta = files.read_tensors(path)
     for key in ("method", "model", "family"):
         if meta.get(key) is not None and meta[key] != expected[key]:
             raise ConfigError(f"method.init_from={m.init_from} holds {key}={meta[key]!r}, this run has "

@@ -1,10 +1,7 @@
-"""Files that survive a kill: atomic writes, safetensors-only weights, resumable training state.
+"""Resumable training state and the trainable parameters' checkpoint (atomic file writes: ptune/files.py).
 
-Every write goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed over
-the target (``os.replace`` is atomic on POSIX), so a reader sees the old file or the new one, never half
-of one. The training state is a folder written the same way: a new ``state.tmp/`` is filled, then
-swapped in for ``state/``. Weights are read with safetensors only (no pickle, no ``torch.load``).
-"""
+The training state is a folder written like every file: a new ``state.tmp/`` is filled, then swapped in for
+``state/``; a save that fails (a full disk) removes ``state.tmp/`` and says so in one line."""
 
 from __future__ import annotations
 
@@ -12,73 +9,16 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ptune.errors import CheckpointError
+from ptune.files import atomic_save_tensors, atomic_write_json, read_tensors
 
 FORMAT = "ptune-prompt-1"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """A temp file beside ``path``, flushed to disk, then renamed over it: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and header metadata; a missing, truncated or corrupted file is a CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        return load_file(str(path)), metadata
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint {path} is corrupted or truncated ({str(err).splitlines()[0]})") from None
 
 
 # --- trainable parameters ------------------------------------------------------------------------
@@ -167,10 +107,14 @@ def save_state(folder: Path, params: dict[str, Tensor], optimizer: dict, progres
     opt_t, opt_meta = flatten_optimizer(optimizer)
     rng_t, rng_meta = rng_state()
     rng_t.update(rank_rng or {})
-    atomic_save_tensors(tmp / "params.safetensors", params)
-    atomic_save_tensors(tmp / "optimizer.safetensors", opt_t)
-    atomic_save_tensors(tmp / "rng.safetensors", rng_t)
-    atomic_write_json(tmp / "state.json", {"optimizer": opt_meta, "rng": rng_meta, "progress": progress})
+    try:
+        atomic_save_tensors(tmp / "params.safetensors", params)
+        atomic_save_tensors(tmp / "optimizer.safetensors", opt_t)
+        atomic_save_tensors(tmp / "rng.safetensors", rng_t)
+        atomic_write_json(tmp / "state.json", {"optimizer": opt_meta, "rng": rng_meta, "progress": progress})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no partial state.tmp/ left behind; state/ is untouched
+        raise
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from ptune import files
 from ptune.errors import CheckpointError, TrainingError
 from ptune.tasks.collate import collate, eval_batches, iterate, to_device
 from ptune.tasks.mixture import average, mixture_batches, task_score
@@ -271,7 +272,7 @@ def record_eval(parts, progress, stopper, modules, start, reporter) -> None:
         return
     if improved:
         parts.save_prompt(run_dir / "prompt.safetensors", step=step)
-    ckpt.atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonl(r) for r in progress["history"]))
+    files.atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonl(r) for r in progress["history"]))
     reporter.evaluation(row, parts, stopper)
     parts.tracker.log_metrics(step, tracker_metrics(row))
 

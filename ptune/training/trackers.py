@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from ptune import files
 from ptune.errors import ConfigError
 from ptune.training import checkpoint as ckpt
 
@@ -137,7 +138,7 @@ class MlflowTracker:
         exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
         self.run_id = self.client.create_run(exp_id, run_name=run_dir.name,
                                              tags={"ptune.run_dir": str(run_dir.resolve())}).info.run_id
-        ckpt.atomic_write_json(self.id_file, {"mlflow_tracking_uri": uri, "mlflow_run_id": self.run_id,
+        files.atomic_write_json(self.id_file, {"mlflow_tracking_uri": uri, "mlflow_run_id": self.run_id,
                                               "mlflow_experiment": experiment})
 
     def log_config(self, config: dict) -> None:

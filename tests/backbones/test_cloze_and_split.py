@@ -149,13 +149,13 @@ def test_a_checkpoint_without_an_mlm_head_is_refused_in_one_line():
 
 
 def test_folded_cloze_split_run_scores_as_the_method(tmp_path):
+    from ptune import files
     from ptune.methods.base import Folded
-    from ptune.training import checkpoint as ckpt
     from tests.methods.common import method_outputs, outputs
 
     parts = parts_for("model.head=mlm", "method.split=4", tmp_path=tmp_path)
     parts.save_prompt(tmp_path / "prompt.safetensors", step=1)
-    tensors, meta = ckpt.read_tensors(tmp_path / "folded.safetensors")
+    tensors, meta = files.read_tensors(tmp_path / "folded.safetensors")
     assert meta["split"] == "4"
     batch = batch16(parts)
     got = outputs(parts, Folded(tensors, int(meta["split"]))(batch["task_ids"]), batch)

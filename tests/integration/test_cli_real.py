@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ptune.training import checkpoint as ckpt
+from ptune import files
 from tests.conftest import REPO, SHARED, SHARED_DATA
 
 pytestmark = [
@@ -48,7 +48,7 @@ def test_train_then_eval_reproduces_the_stored_metric(tmp_path, method, task):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"] == 20 and results["best"] == trained["best"]
     assert results["trainable_params"] < results["total_params"] / 50  # a prompt, not the model
-    tensors, meta = ckpt.read_tensors(run_dir / "prompt.safetensors")
+    tensors, meta = files.read_tensors(run_dir / "prompt.safetensors")
     assert meta["model"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["method"] == method
     assert sum(t.numel() for t in tensors.values()) == results["trainable_params"]
     assert all(k.startswith(("method.", "head.")) for k in tensors)

@@ -7,11 +7,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ptune import describe, methods
+from ptune import describe, files, methods
 from ptune.cli import main
 from ptune.methods.base import Folded
 from ptune.run import FOLDED
-from ptune.training import checkpoint as ckpt
 from tests.conftest import tiny_config
 from tests.methods.common import batch16, method_outputs, outputs, parts_for
 
@@ -27,7 +26,7 @@ def test_the_folded_form_a_run_writes_scores_as_the_method(family, method, tmp_p
     parts.method.train()  # save_prompt must fold in eval mode (no prefix dropout) and restore the mode
     parts.save_prompt(tmp_path / "prompt.safetensors", step=2)
     assert parts.method.training
-    tensors, meta = ckpt.read_tensors(tmp_path / FOLDED)
+    tensors, meta = files.read_tensors(tmp_path / FOLDED)
     assert meta["tasks"] == "sst2" and meta["step"] == "2" and meta["method"] == method
     batch = batch16(parts)
     with torch.no_grad():
@@ -42,7 +41,7 @@ def test_a_mixture_folds_one_prompt_per_task(method, extra, tmp_path):
     parts.method = methods.build(parts.cfg.method, parts.backbone.dims(), [["negative", "positive"], ["no", "yes"]])
     parts.tasks = parts.tasks * 2  # two task ids; the rows' task ids come from the batch below
     parts.save_prompt(tmp_path / "prompt.safetensors", step=1)
-    tensors, _ = ckpt.read_tensors(tmp_path / FOLDED)
+    tensors, _ = files.read_tensors(tmp_path / FOLDED)
     assert all(t.shape[0] == 2 for t in tensors.values())
     ids = torch.tensor([0, 1] * 8)
     with torch.no_grad():

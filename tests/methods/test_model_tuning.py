@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptune import run
+from ptune import files, run
 from ptune.config import load
 from ptune.errors import ConfigError
-from ptune.training import checkpoint as ckpt
 from ptune.training.loop import fit
 from tests.conftest import sst2_examples
 from tests.methods.common import batch16, method_outputs, parts_for, train_until_halved
@@ -76,7 +75,7 @@ def test_the_checkpoint_holds_the_whole_model_under_its_own_names_and_loads_back
             p.add_(0.01 * torch.randn_like(p))
     want = method_outputs(parts)
     parts.save_prompt(tmp_path / "prompt.safetensors", step=3)
-    tensors, _ = ckpt.read_tensors(tmp_path / "prompt.safetensors")
+    tensors, _ = files.read_tensors(tmp_path / "prompt.safetensors")
     body = {k[len("body."):]: v for k, v in tensors.items() if k.startswith("body.")}
     assert set(body) == {n for n, _ in parts.backbone.model.named_parameters()}
     missing, unexpected = type(parts.backbone.model)(parts.backbone.model.config).load_state_dict(body, strict=False)

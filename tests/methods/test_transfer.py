@@ -8,12 +8,11 @@ import hashlib
 import pytest
 import torch
 
-from ptune import run, tasks
+from ptune import files, run, tasks
 from ptune.cli import main
 from ptune.config import load
 from ptune.errors import ConfigError
 from ptune.methods import transfer
-from ptune.training import checkpoint as ckpt
 from ptune.training.loop import fit
 from tests.conftest import FIXTURE_DATA, sst2_examples
 from tests.tasks.conftest import root_for
@@ -48,7 +47,7 @@ def digest(folder) -> dict[str, str]:
                                           ("structured", ()), ("hyperprompt", ()), ("prefix_tuning", ())])
 def test_the_initial_parameters_are_the_source_s_and_heads_are_not_copied(method, extra, tmp_path):
     source = trained(method, tmp_path / "src", *extra)
-    saved, _ = ckpt.read_tensors(tmp_path / "src" / "prompt.safetensors")
+    saved, _ = files.read_tensors(tmp_path / "src" / "prompt.safetensors")
     new = target(method, tmp_path / "dst", tmp_path / "src", *extra)
     for name, p in new.method.named_parameters():
         assert torch.equal(p, saved[f"method.{name}"]), name
@@ -80,7 +79,7 @@ def test_a_multi_task_source_gives_the_chosen_task_s_prompt(tmp_path):
                     "method.num_virtual_tokens=4", f"run_dir={src}", *mix, *extra])
         parts = run.build(cfg)
         fit(parts)
-        folded, _ = ckpt.read_tensors(src / "folded.safetensors")
+        folded, _ = files.read_tensors(src / "folded.safetensors")
         with pytest.raises(ConfigError, match="method.init_from_task"):
             target(method, tmp_path / "x", src)
         with pytest.raises(ConfigError, match="'rte' is not a task of .*mnli, qqp"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptune.training import checkpoint as ckpt
+from ptune import files
 from ptune.training import distributed
 from tests.conftest import REPO, SHARED_DATA
 from tests.training.test_reliability import state_step
@@ -43,7 +43,7 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
-    return ckpt.read_tensors(run_dir / "state" / "params.safetensors")[0]
+    return files.read_tensors(run_dir / "state" / "params.safetensors")[0]
 
 
 def evals(run_dir: Path) -> list[dict]:

@@ -15,10 +15,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ptune import run
+from ptune import files, run
 from ptune.cli import main
 from ptune.errors import TrainingError
-from ptune.training import checkpoint as ckpt
 from ptune.training import loop
 from tests.conftest import REPO, SHARED_DATA, sst2_examples, tiny_config
 
@@ -63,8 +62,8 @@ def test_killed_run_resumes_to_the_same_parameters(uninterrupted, tmp_path, sig)
         assert proc.returncode == -signal.SIGKILL
     done = subprocess.run(train_cmd(run_dir), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr
-    a, _ = ckpt.read_tensors(uninterrupted / "state" / "params.safetensors")
-    b, _ = ckpt.read_tensors(run_dir / "state" / "params.safetensors")
+    a, _ = files.read_tensors(uninterrupted / "state" / "params.safetensors")
+    b, _ = files.read_tensors(run_dir / "state" / "params.safetensors")
     assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
@@ -91,10 +90,10 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     monkeypatch.setattr(loop, "train_step", poisoned)
     with pytest.raises(TrainingError, match=r"loss is nan at step 5; stopped, the last good checkpoint is kept"):
         loop.fit(parts)
-    tensors, meta = ckpt.read_tensors(parts.run_dir / "prompt.safetensors")
+    tensors, meta = files.read_tensors(parts.run_dir / "prompt.safetensors")
     assert int(meta["step"]) in (2, 4) and all(torch.isfinite(t).all() for t in tensors.values())
     assert state_step(parts.run_dir) == 4
-    saved, _ = ckpt.read_tensors(parts.run_dir / "state" / "params.safetensors")
+    saved, _ = files.read_tensors(parts.run_dir / "state" / "params.safetensors")
     assert all(torch.isfinite(t).all() for t in saved.values())
 
 
@@ -185,4 +184,4 @@ def test_checkpoints_hold_no_pickle(runs):
     assert {p.suffix for p in files} <= {".yaml", ".safetensors", ".json", ".jsonl"}
     for p in files:
         if p.suffix == ".safetensors":
-            ckpt.read_tensors(p)  # parses without pickle
+            files.read_tensors(p)  # parses without pickle

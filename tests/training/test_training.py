@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
-from ptune import run
+from ptune import files, run
 from ptune.tasks.collate import iterate, train_batches
-from ptune.training import checkpoint as ckpt
 from ptune.training.loop import evaluate, fit, train_step
 from ptune.training.optim import build_optimizer, build_scheduler
 from tests.conftest import sst2_examples, tiny_config
@@ -54,7 +53,7 @@ def test_fit_writes_run_folder_with_only_trainable_parameters_and_keeps_backbone
     d = parts.run_dir
     assert {p.name for p in d.iterdir()} >= {"config.yaml", "prompt.safetensors", "metrics.jsonl",
                                               "results.json", "state"}
-    tensors, meta = ckpt.read_tensors(d / "prompt.safetensors")
+    tensors, meta = files.read_tensors(d / "prompt.safetensors")
     expected = {f"method.{n}" for n, _ in parts.method.named_parameters()}
     if family == "bert":
         expected |= {f"head.{n}" for n, _ in parts.backbone.heads.named_parameters()}
@@ -131,7 +130,7 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp
     outcome = fit(parts)
     assert outcome["stopped"] == "early_stopping" and outcome["best_step"] == 2
     assert [r["accuracy"] for r in outcome["progress"]["history"]] == [50.0, 60.0, 55.0, 58.0]
-    _, meta = ckpt.read_tensors(parts.run_dir / "prompt.safetensors")
+    _, meta = files.read_tensors(parts.run_dir / "prompt.safetensors")
     assert meta["step"] == "2"  # the best checkpoint is the one kept
 
 
