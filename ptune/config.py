@@ -4,7 +4,8 @@ Hydra composes ``configs/`` (shipped as ``ptune.configs``) into a DictConfig, th
 ``ptune train`` and through :func:`compose_config` for everything else; :func:`to_config` turns it into
 the dataclasses below with ``OmegaConf.structured`` + ``merge`` (wrong types fail there, naming the key),
 then :func:`validate` checks ranges. Method configs are looked up by name in ``METHOD_CONFIGS`` (each
-method module registers its own), so adding a method never edits this file. Every mistake is a
+method module registers its own; :func:`load_methods` imports ptune's and every ``ptune.methods`` entry point),
+so adding a method never edits this file. Every mistake is a
 one-line :class:`ConfigError`.
 """
 
@@ -185,8 +186,42 @@ RUN_ONLY = ("run_dir", "output_dir", "resume", "hydra", "logger", "data.root", "
             "trainer.log_every", "trainer.log_seconds", "trainer.num_threads", "trainer.device", "trainer.save_every",
             "trainer.snapshot_steps", "trainer.eval_batch_size")
 
-# name -> dataclass of that method's config; filled by each module in ptune.methods
+# name -> dataclass of that method's config: each method module registers its own (ptune.methods.register), and
+# load_methods() imports the modules that do so. config.py never imports a method by name (methods sit above it)
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
+METHOD_ENTRY_POINTS = "ptune.methods"  # the entry-point group a package adds its methods through (docs/methods.md)
+BUILTIN_METHODS = "ptune.methods"  # ptune's own package of methods (it finds its modules itself)
+_methods_loaded = False
+
+
+def load_methods() -> dict[str, type[MethodConfig]]:
+    """Import every method module once: ptune's own and each installed package's entry point in the group
+    ``ptune.methods`` (``[project.entry-points."ptune.methods"] my_method = "my_pkg.my_method"``), whose modules
+    register with ``@ptune.methods.register``. A method that brings no YAML in ``configs/method/`` is offered to
+    Hydra through the ConfigStore (``method=<name>`` composes its dataclass's defaults). Returns METHOD_CONFIGS."""
+    global _methods_loaded
+    if _methods_loaded:
+        return METHOD_CONFIGS
+    import importlib
+    from importlib.metadata import entry_points
+
+    importlib.import_module(BUILTIN_METHODS)
+    for ep in sorted(entry_points(group=METHOD_ENTRY_POINTS), key=lambda e: e.name):
+        if ep.value == BUILTIN_METHODS:
+            continue
+        try:
+            ep.load()
+        except Exception as err:  # a broken plugin names itself, in one line
+            raise ConfigError(f"method plugin {ep.name!r} ({ep.value}) failed to import: "
+                              f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    _methods_loaded = True
+    from hydra.core.config_store import ConfigStore
+
+    with_yaml = {p.stem for p in (configs_folder() / "method").glob("*.yaml")}
+    for name, schema in METHOD_CONFIGS.items():
+        if name not in with_yaml:
+            ConfigStore.instance().store(group="method", name=name, node=OmegaConf.structured(schema(name=name)))
+    return METHOD_CONFIGS
 
 CHOICES = {
     "model.family": ("bert", "t5"),
@@ -321,15 +356,16 @@ INSTALL_HINT = {"hydra/launcher": " (the joblib and submitit launchers come with
 
 def configs_folder() -> Path:
     folder = Path(__file__).resolve().parent.parent / "configs"
-    if not (folder / "config.yaml").is_file():  # installed wheel: configs ship as the package ptune.configs
-        import ptune.configs
+    if not (folder / "config.yaml").is_file():  # installed wheel: configs ship as the package ptune.configs (data)
+        from importlib.resources import files
 
-        folder = Path(ptune.configs.__file__).parent
+        folder = Path(str(files("ptune.configs")))
     return folder
 
 
 def group_choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (configs_folder() / group).glob("*.yaml"))
+    found = {p.stem for p in (configs_folder() / group).glob("*.yaml")}
+    return sorted(found | set(load_methods())) if group == "method" else sorted(found)
 
 
 def compose_config(overrides: list[str], *, hydra: bool = False) -> DictConfig:
@@ -337,6 +373,7 @@ def compose_config(overrides: list[str], *, hydra: bool = False) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     check_key_value(overrides)
+    load_methods()  # plugins' methods reach Hydra through the ConfigStore before it composes
     try:
         if GlobalHydra.instance().is_initialized():  # inside `ptune train` (a Hydra app): compose there
             return compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
@@ -389,8 +426,7 @@ def hydra_error(err: Exception) -> ConfigError:
 
 def to_config(raw: DictConfig) -> Config:
     """DictConfig -> typed Config; a wrong type fails naming the key, the value and the expected type."""
-    import ptune.methods  # noqa: F401  (each method module registers its config)
-
+    load_methods()
     raw = OmegaConf.masked_copy(raw, [str(k) for k in raw if k != "hydra"]) if "hydra" in raw else raw
     task = raw.get("task")
     if isinstance(task, DictConfig) and isinstance(task.get("name"), str):  # a run folder from before mixtures
