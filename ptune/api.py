@@ -25,8 +25,18 @@ EXPORT_FORMATS = ("peft",)
 
 def overrides_of(overrides: Sequence[str] | dict[str, Any]) -> list[str]:
     """``{"task": ["rte", "mrpc"], "trainer.max_steps": 10}`` -> ``["task=[rte,mrpc]", "trainer.max_steps=10"]``."""
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError(f"expected a dict ({{'model': 'minilm'}}) or a list of 'key=value' strings, got the string "
+                          f"{overrides!r}: pass [{overrides!r}]")
     if not isinstance(overrides, dict):
-        return [str(o) for o in overrides]
+        if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
+            got = type(overrides).__name__ if not isinstance(overrides, (list, tuple)) else \
+                f"a {type(overrides).__name__} holding {sorted({type(o).__name__ for o in overrides})}"
+            raise ConfigError(f"expected a dict ({{'model': 'minilm'}}) or a list of 'key=value' strings, got {got}")
+        return list(overrides)
+    bad = [k for k in overrides if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"override keys are dotted strings ('trainer.max_steps'), got {bad[0]!r}")
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
@@ -79,7 +89,15 @@ class Run:
 
         tid = predict.task_id(self.cfg, task, self.run_dir)
         spec = self._loaded.parts.tasks[tid]
-        rows = data.to_dict("records") if isinstance(data, pd.DataFrame) else list(data)
+        if isinstance(data, (str, dict)):  # one text, or one row: not its characters or its keys
+            data = [data]
+        if isinstance(data, pd.DataFrame):
+            rows = data.to_dict("records")
+        elif isinstance(data, (bytes, int, float)) or data is None or not hasattr(data, "__iter__"):
+            raise ConfigError(f"run.predict takes a string, a list of strings, a dict, a list of dicts or a pandas "
+                              f"DataFrame; got {type(data).__name__}")
+        else:
+            rows = list(data)
         if not rows:
             raise DataError("run.predict got no rows")
         if all(isinstance(r, str) for r in rows):

@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from ptune import sweep
-from ptune.config import load, to_config
+from ptune.config import check_key_value, load, to_config
 from ptune.errors import ConfigError, PtuneError
 
 USAGE = """ptune <command> ...     (ptune --version)
@@ -113,6 +113,7 @@ def cmd_eval(overrides: list[str]) -> int:
     from ptune import run
     from ptune.training.loop import evaluate_all, split_key
 
+    check_key_value(overrides)  # run= or any key given twice is refused, not silently the last
     runs = [o.split("=", 1)[1] for o in overrides if o.startswith("run=")]
     if not runs:
         raise ConfigError("ptune eval needs run=<run folder>, e.g. ptune eval run=outputs/prompt_tuning-sst2-minilm-s42")
@@ -166,6 +167,7 @@ def cmd_predict(overrides: list[str]) -> int:
     """Predictions of a run's saved prompt for rows of a file or of a task's split (ptune/predict.py)."""
     from ptune import predict
 
+    check_key_value(overrides)  # run=, input= or any key given twice is refused, not silently the last
     given = {k: o.split("=", 1)[1] for o in overrides for k in ("run", "input", "out", "task") if o.startswith(f"{k}=")}
     if "run" not in given:
         raise ConfigError("ptune predict needs run=<run folder>, e.g. ptune predict run=outputs/<run> input=rows.jsonl")

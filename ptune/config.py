@@ -386,9 +386,24 @@ def compose_config(overrides: list[str], *, hydra: bool = False) -> DictConfig:
 
 
 def check_key_value(overrides: list[str]) -> None:
+    """Every argument is key=value, no key is given twice (Hydra would silently keep the last), a list of tasks
+    names each task once, and a group other than task takes one option per run."""
+    seen: dict[str, str] = {}
     for o in overrides:
         if "=" not in o and not o.startswith("~"):
             raise ConfigError(f"argument {o!r} is not key=value (e.g. task=rte, trainer.max_steps=300)")
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key in seen:
+            raise ConfigError(f"{key} is given twice ({key}={seen[key]} and {key}={value}); give it once")
+        seen[key] = value
+        tasks = re.fullmatch(r"\[(.*)\]", value.strip()) if key == "task" else None
+        if tasks:
+            names = [n.strip() for n in tasks.group(1).split(",") if n.strip()]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ConfigError(f"task={value} names {', '.join(twice)} more than once; a mixture holds each task "
+                                  f"once (task.<name>.weight= weighs one up)")
         group = re.match(rf"^\+*({'|'.join(g for g in GROUPS if g != 'task')})=\[", o)
         if group:  # Hydra would quietly keep the last option of the list
             values = o.split("=", 1)[1].strip("[]")

@@ -102,3 +102,25 @@ def test_export_calls_the_peft_exporter_lazily(run_dirs, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ptune.export.peft", fake)
     assert run.export(out=tmp_path / "adapter") == "done"
     assert [(str(a), b) for a, b in calls] == [(run_dirs["sst2"], tmp_path / "adapter")]
+
+
+@pytest.mark.parametrize("bad,words", [
+    ("model=tiny-bert", ["got the string 'model=tiny-bert'", "['model=tiny-bert']"]),
+    ([1, 2], ["list of 'key=value' strings", "int"]),
+    (42, ["got int"]),
+    ({1: "x"}, ["dotted strings", "1"]),
+])
+def test_train_names_the_argument_type_it_expected(bad, words):
+    with pytest.raises(ConfigError) as err:
+        ptune.train(bad)
+    for w in words:
+        assert w in str(err.value), str(err.value)
+
+
+def test_predict_takes_one_text_or_one_row_whole(run_dirs):
+    run = ptune.load(run_dirs["sst2"])
+    one = run.predict("a charming and often affecting journey")  # one row, not one per character
+    assert len(one) == 1 and one["sentence"][0] == "a charming and often affecting journey"
+    assert len(run.predict({"sentence": "dull"})) == 1
+    with pytest.raises(ConfigError, match="got int"):
+        run.predict(5)

@@ -131,3 +131,16 @@ def test_a_folder_of_another_run_is_never_overwritten(capsys, tmp_path):
 def test_eval_without_a_run_folder(capsys, tmp_path):
     assert "ptune eval needs run=" in fail(capsys, ["eval"])
     assert "not a ptune run folder" in fail(capsys, ["eval", f"run={tmp_path}"])
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["train", "trainer.max_steps=3", "trainer.max_steps=5"], ["trainer.max_steps is given twice", "=3", "=5"]),
+    (["train", "task=[rte,mrpc,rte]"], ["names rte more than once"]),
+    (["describe", "seed=1", "seed=2"], ["seed is given twice"]),
+    (["eval", "run=outputs/a", "run=outputs/b"], ["run is given twice", "outputs/a", "outputs/b"]),
+    (["predict", "run=outputs/a", "input=x.jsonl", "input=y.jsonl"], ["input is given twice"]),
+])
+def test_a_key_given_twice_is_refused_not_silently_the_last(capsys, no_model, argv, words):
+    err = fail(capsys, argv + (TINY if argv[0] == "train" else []))
+    for w in words:
+        assert w in err, err
