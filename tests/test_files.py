@@ -56,3 +56,13 @@ def test_a_failed_state_save_leaves_no_partial_folder(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]  # no state.tmp/, no state.old/
     saved, _, progress, _ = ckpt.load_state(tmp_path / "state")
     assert progress["step"] == 1 and torch.equal(saved["method.prompt"], torch.ones(3))
+
+
+@pytest.mark.parametrize("content", ['{"progress": {"step": 1}}', '[]', '{"optimizer": {}, "progress": {}, "rng": {}}'])
+def test_a_state_json_without_its_keys_is_the_documented_line(tmp_path, content):
+    opt = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+    ckpt.save_state(tmp_path / "state", {"method.prompt": torch.ones(3)}, opt, {"step": 1})
+    (tmp_path / "state" / "state.json").write_text(content)
+    with pytest.raises(CheckpointError, match="is unreadable.*delete it to start over") as err:
+        ckpt.load_state(tmp_path / "state")
+    assert "\n" not in str(err.value)

@@ -137,7 +137,16 @@ def load_state(folder: Path) -> tuple[dict[str, Tensor], dict, dict, dict]:
         meta = json.loads((folder / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"training state {folder} is unreadable ({err}); delete it to start over") from None
+    missing = [k for k in ("optimizer", "progress", "rng") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise CheckpointError(f"training state {folder} is unreadable (state.json lacks {', '.join(missing)}); "
+                              "delete it to start over")
     params, _ = read_tensors(folder / "params.safetensors")
     opt_t, _ = read_tensors(folder / "optimizer.safetensors")
     rng_t, _ = read_tensors(folder / "rng.safetensors")
-    return params, unflatten_optimizer(opt_t, meta["optimizer"]), meta["progress"], {"t": rng_t, "m": meta["rng"]}
+    try:
+        optimizer = unflatten_optimizer(opt_t, meta["optimizer"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"training state {folder} is unreadable (its optimizer state: {err!r}); delete it to "
+                              "start over") from None
+    return params, optimizer, meta["progress"], {"t": rng_t, "m": meta["rng"]}
