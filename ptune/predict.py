@@ -137,20 +137,33 @@ def read_rows(path: Path) -> list[dict]:
     """The rows of a .jsonl / .csv / .parquet file; missing, unreadable or empty files are one-line errors."""
     path = Path(path)
     kind = file_format(path, "input file ")
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"input file {path} does not exist")
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file (a pipe or device)"
+        raise DataError(f"input={path} is {what}; give a .jsonl, .csv or .parquet file")
     try:
         if kind == "jsonl":
             rows = []
-            for n, line in enumerate(path.read_text().splitlines(), 1):
+            for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
                 if line.strip():
-                    row = json.loads(line)
+                    try:
+                        row = json.loads(line)
+                    except ValueError as err:
+                        raise DataError(f"input file {path} line {n} is not valid JSON ({err.args[0].split(':')[0]})"
+                                        ) from None
                     if not isinstance(row, dict):
                         raise DataError(f"{path} line {n} is not a JSON object")
                     rows.append(row)
         elif kind == "csv":
-            with open(path, newline="") as f:
-                rows = [dict(r) for r in csv.DictReader(f)]
+            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first column
+                reader = csv.DictReader(f)
+                rows = []
+                for row in reader:
+                    if None in row:  # csv puts a ragged row's extra fields under the key None
+                        raise DataError(f"input file {path} line {reader.line_num} has {len(reader.fieldnames or []) + len(row[None])} "
+                                        f"fields, the header {len(reader.fieldnames or [])}")
+                    rows.append(dict(row))
         else:
             import pyarrow.parquet as pq
 
@@ -165,6 +178,8 @@ def read_rows(path: Path) -> list[dict]:
 def output_path(run_dir: Path, task: str, stem: str, out: str | None, source: Path | None = None) -> Path:
     """``out``, else ``<run_dir>/predictions/<task>-<stem>.jsonl``; never one of the run's own files or the input."""
     path = Path(out) if out else Path(run_dir) / "predictions" / f"{task}-{stem}.jsonl"
+    if path.is_dir():  # refused now, not after the whole prediction
+        raise ConfigError(f"out={path} is a folder; name a file in it, e.g. out={path / f'{task}-{stem}.jsonl'}")
     file_format(path, "out=")
     resolved, run = path.resolve(), Path(run_dir).resolve()
     if any(resolved == run / name or (run / name) in resolved.parents for name in PROTECTED):

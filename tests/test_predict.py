@@ -255,3 +255,39 @@ def test_csv_values_arrive_as_text_and_still_read(tmp_path):
     read = predict.read_rows(path)
     assert isinstance(read[0]["span1_index"], str)
     assert [e.source for e in prediction_examples(task, read, "csv")] == [task.example(r).source for r in rows]
+
+
+@pytest.mark.parametrize("name,content,words", [
+    ("bad.jsonl", '{"sentence": "fine"}\n{"sentence": "ok"}\n{"sentence": \n', ["line 3", "not valid JSON"]),
+    ("ragged.csv", "sentence\nfine\n\"good\",extra\n", ["line 3", "2 fields", "header 1"]),
+])
+def test_a_bad_input_line_is_named_by_its_number(tmp_path, name, content, words):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(predict.DataError) as err:
+        predict.read_rows(path)
+    for w in words:
+        assert w in str(err.value), str(err.value)
+
+
+def test_a_csv_with_a_bom_keeps_its_first_column(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffsentence\nfine\n".encode())
+    assert predict.read_rows(path) == [{"sentence": "fine"}]
+
+
+def test_a_folder_or_a_pipe_as_input_is_named_as_such(tmp_path):
+    import os
+
+    (tmp_path / "d.jsonl").mkdir()
+    with pytest.raises(predict.DataError, match="is a folder"):
+        predict.read_rows(tmp_path / "d.jsonl")
+    os.mkfifo(tmp_path / "p.jsonl")
+    with pytest.raises(predict.DataError, match="not a regular file"):
+        predict.read_rows(tmp_path / "p.jsonl")
+
+
+def test_out_naming_a_folder_is_refused_before_predicting(tmp_path):
+    (tmp_path / "preds.jsonl").mkdir()
+    with pytest.raises(predict.ConfigError, match="is a folder; name a file in it"):
+        predict.output_path(tmp_path / "run", "sst2", "reviews", str(tmp_path / "preds.jsonl"))
