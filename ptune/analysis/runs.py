@@ -137,17 +137,22 @@ def read_run(folder: Path, failed: dict | None) -> Run:
         run.error = None if run.score is not None else "results.json holds no evaluation"
     else:
         state = read_json(folder / "state" / "state.json") or {}
-        run.step = (state.get("progress") or {}).get("step")
+        run.step = (state.get("progress") or {}).get("step") if isinstance(state, dict) else None
         if failed is not None:
             run.status, run.error = "failed", failed.get("error")
+        elif (folder / "results.json").exists():  # written whole at the end, then damaged: not "unfinished"
+            run.status = "failed"
+            run.error = f"results.json is damaged (not a JSON object); ptune eval run={folder} re-scores the saved prompt"
     return run
 
 
 def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def read_history(path: Path) -> list[dict]:
@@ -161,6 +166,8 @@ def read_history(path: Path) -> list[dict]:
             row = json.loads(line)
         except ValueError:
             continue  # a torn last line of a run that is still writing
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            continue  # a damaged line: not an evaluation
         if row.get("task", "avg") == "avg":  # a mixture's per-task rows precede its avg row
             rows.append(row)
     return rows

@@ -100,3 +100,11 @@ def test_against_lr_draws_best_score_per_variant_and_reads_the_method_lr(tmp_pat
     assert share_of(pixels, BLUE) > 0.0005  # lines drawn (tab20's first color is tab10's blue)
     with pytest.raises(ConfigError, match="no finished run has a number for 'trainer.nope'"):
         plot.main([root], tmp_path / "x.png", Console(file=io.StringIO()), against="trainer.nope")
+
+
+def test_damaged_metrics_lines_are_skipped_not_a_traceback(tmp_path):
+    from ptune.analysis.runs import read_history
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "accuracy": 50.0}\n42\n["a"]\n{"accuracy": 3}\n{"step": "x"}\n{"step": 2, "accuracy": 60')
+    assert read_history(path) == [{"step": 1, "accuracy": 50.0}]

@@ -147,3 +147,15 @@ def test_runs_that_differ_in_any_setting_but_the_seed_are_never_averaged(tmp_pat
         "prompt_tuning lr=0.3 processes=2 trainer.max_steps=10": [70.0],
         "prompt_tuning lr=0.3 processes=1 trainer.max_steps=20": [80.0],
     }
+
+
+@pytest.mark.parametrize("damage", ["{not json", "[1, 2]", ""])
+def test_a_damaged_results_json_is_named_not_called_unfinished(tmp_path, damage):
+    root = tmp_path / "sweep"
+    make_run(root, "prompt_tuning", "rte", 1, 60.0)
+    broken = make_run(root, "prompt_tuning", "rte", 2, 70.0)
+    (broken / "results.json").write_text(damage)
+    printed = " ".join(run_table(root).split())
+    assert "60.0 (n=1)" in printed  # the damaged run is not averaged in
+    assert "failed: prompt_tuning-rte-tiny-bert-s2" in printed and "results.json is damaged" in printed
+    assert "unfinished" not in printed
