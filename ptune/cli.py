@@ -270,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     except PtuneError as err:
         print(f"ptune: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while loading (training saves its state and stops on its own signal handler)
+        print(f"ptune: interrupted (ptune {argv[0]}); nothing was written after the last saved state", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

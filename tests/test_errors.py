@@ -144,3 +144,15 @@ def test_a_key_given_twice_is_refused_not_silently_the_last(capsys, no_model, ar
     err = fail(capsys, argv + (TINY if argv[0] == "train" else []))
     for w in words:
         assert w in err, err
+
+
+def test_ctrl_c_before_training_is_one_line(capsys, monkeypatch):
+    from ptune import cli
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "describe", interrupted)
+    assert main(["describe", "method=prompt_tuning"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ptune: interrupted")
