@@ -115,6 +115,30 @@ class TensorBoardTracker:
         self.writer.close()
 
 
+SERVER_WAIT_S = 5.0  # how long a tracking server may take to answer before the run stops, saying so
+
+
+def check_server(uri: str, timeout: float | None = None) -> None:
+    """An http(s) tracking URI must answer within SERVER_WAIT_S seconds (MLflow's own client retries for minutes,
+    silently); anything else (a file or database store) is local."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    wait = SERVER_WAIT_S if timeout is None else timeout
+    try:
+        with urllib.request.urlopen(urllib.request.Request(uri.rstrip("/") + "/health", method="GET"), timeout=wait):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise ConfigError(f"logger.tracking_uri={uri} did not answer within {wait:.0f} s ({reason}); start the "
+                          "MLflow server, or drop logger.tracking_uri for a local store (./mlflow.db), or use "
+                          "logger=none") from None
+
+
 class MlflowTracker:
     """One MLflow run per ptune run in ``logger.tracking_uri`` (null: ``sqlite:///$PWD/mlflow.db``); the
     config as flattened params, metrics with their steps, the final results as metrics and results.json."""
@@ -126,6 +150,7 @@ class MlflowTracker:
 
         # MLflow's own default: a SQLite store in the working directory, artifacts under ./mlruns
         uri = lcfg.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+        check_server(uri)
         self.client = MlflowClient(tracking_uri=uri)
         self.id_file = run_dir / self.ID_FILE
         saved = json.loads(self.id_file.read_text()) if self.id_file.is_file() else {}

@@ -171,3 +171,21 @@ def test_a_sweep_is_one_mlflow_experiment_named_after_its_folder(tmp_path):
     experiment = client.get_experiment_by_name("grid")
     names = sorted(r.info.run_name for r in client.search_runs([experiment.experiment_id]))
     assert names == ["prompt_tuning-sst2-tiny-bert-s1", "prompt_tuning-sst2-tiny-bert-s2"]
+
+
+def test_an_unreachable_tracking_server_stops_in_one_line_not_minutes():
+    import socket
+
+    from ptune.errors import ConfigError
+
+    with socket.socket() as closed:  # a port nothing listens on: refused at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(ConfigError, match=rf"tracking_uri=http://127.0.0.1:{port} did not answer"):
+        trackers.check_server(f"http://127.0.0.1:{port}")
+    with socket.socket() as silent:  # takes the connection, never answers: the bounded wait ends it
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        with pytest.raises(ConfigError, match="did not answer within 1 s"):
+            trackers.check_server(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=1.0)
+    trackers.check_server("sqlite:///mlflow.db")  # a local store is not probed
