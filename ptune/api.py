@@ -53,10 +53,12 @@ def overrides_of(overrides: Sequence[str] | dict[str, Any]) -> list[str]:
 def train(overrides: Sequence[str] | dict[str, Any], console: Console | None = None) -> dict:
     """Train one run (``ptune train`` without ``-m``) and return its results (results.json, plus ``run_dir``)."""
     from ptune import run
+    from ptune.config import check_unique
     from ptune.config import load as load_config
     from ptune.sweep import plain_folder_name
 
     given = overrides_of(overrides)
+    check_unique(given)
     cfg = load_config(given)
     if cfg.run_dir is None:  # as `ptune train` names it: the settings that differ from the defaults
         cfg.run_dir = str(Path(cfg.output_dir) / plain_folder_name(cfg, given))

@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from ptune import sweep
-from ptune.config import check_key_value, load, to_config
+from ptune.config import check_unique, load, to_config
 from ptune.errors import ConfigError, PtuneError
 
 USAGE = """ptune <command> ...     (ptune --version)
@@ -88,11 +88,30 @@ VALUED = {"cfg": "--cfg", "package": "--package", "info": "--info", "config_path
           "config_name": "--config-name", "config_dir": "--config-dir", "experimental_rerun": "--experimental-rerun"}
 
 
-def hydra_flags(args: list[str]) -> argparse.Namespace:
-    """Hydra's own flags, parsed by the parser @hydra.main uses; flags may come between overrides."""
-    from hydra._internal.utils import get_args_parser
+def hydra_parser() -> argparse.ArgumentParser:
+    """The flags @hydra.main accepts (Hydra 1.3's command line; its parser is private, so ptune spells them out and
+    tests/test_cli.py checks that they still match the installed Hydra's)."""
+    parser = argparse.ArgumentParser(add_help=False, prog="ptune train")
+    parser.add_argument("overrides", nargs="*")
+    for name, flag in SWITCHES.items():
+        short = {"help": ["-h"], "run": ["-r"], "multirun": ["-m"], "shell_completion": ["-sc"]}.get(name, [])
+        parser.add_argument(flag, *short, dest=name, action="store_true")
+    short = {"cfg": ["-c"], "package": ["-p"], "info": ["-i"], "config_path": ["-cp"], "config_name": ["-cn"],
+             "config_dir": ["-cd"]}
+    for name, flag in VALUED.items():
+        if name == "cfg":
+            parser.add_argument(flag, *short[name], dest=name, choices=["job", "hydra", "all"])
+        elif name == "info":
+            parser.add_argument(flag, *short[name], dest=name, nargs="?", const="all",
+                                choices=["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"])
+        else:
+            parser.add_argument(flag, *short.get(name, []), dest=name)
+    return parser
 
-    flags, unknown = get_args_parser().parse_known_intermixed_args(args)
+
+def hydra_flags(args: list[str]) -> argparse.Namespace:
+    """Hydra's own flags, parsed as @hydra.main parses them; flags may come between overrides."""
+    flags, unknown = hydra_parser().parse_known_intermixed_args(args)
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r} for ptune train; see ptune train --help")
     return flags
@@ -113,7 +132,7 @@ def cmd_eval(overrides: list[str]) -> int:
     from ptune import run
     from ptune.training.loop import evaluate_all, split_key
 
-    check_key_value(overrides)  # run= or any key given twice is refused, not silently the last
+    check_unique(overrides)  # run= or any key given twice is refused, not silently the last
     runs = [o.split("=", 1)[1] for o in overrides if o.startswith("run=")]
     if not runs:
         raise ConfigError("ptune eval needs run=<run folder>, e.g. ptune eval run=outputs/prompt_tuning-sst2-minilm-s42")
@@ -167,7 +186,7 @@ def cmd_predict(overrides: list[str]) -> int:
     """Predictions of a run's saved prompt for rows of a file or of a task's split (ptune/predict.py)."""
     from ptune import predict
 
-    check_key_value(overrides)  # run=, input= or any key given twice is refused, not silently the last
+    check_unique(overrides)  # run=, input= or any key given twice is refused, not silently the last
     given = {k: o.split("=", 1)[1] for o in overrides for k in ("run", "input", "out", "task") if o.startswith(f"{k}=")}
     if "run" not in given:
         raise ConfigError("ptune predict needs run=<run folder>, e.g. ptune predict run=outputs/<run> input=rows.jsonl")
@@ -182,6 +201,7 @@ def cmd_describe(overrides: list[str]) -> int:
     """The resolved config, then (as YAML comments) the method's parameter counts and injection sites."""
     from ptune import describe
 
+    check_unique(overrides)
     cfg = load(overrides)
     print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
     try:

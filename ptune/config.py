@@ -386,18 +386,13 @@ def compose_config(overrides: list[str], *, hydra: bool = False) -> DictConfig:
 
 
 def check_key_value(overrides: list[str]) -> None:
-    """Every argument is key=value, no key is given twice (Hydra would silently keep the last), a list of tasks
-    names each task once, and a group other than task takes one option per run."""
-    seen: dict[str, str] = {}
+    """Every argument is key=value, a list of tasks names each task once, and a group other than task takes one
+    option per run."""
     for o in overrides:
         if "=" not in o and not o.startswith("~"):
             raise ConfigError(f"argument {o!r} is not key=value (e.g. task=rte, trainer.max_steps=300)")
         key, _, value = o.partition("=")
-        key = key.lstrip("+~")
-        if key in seen:
-            raise ConfigError(f"{key} is given twice ({key}={seen[key]} and {key}={value}); give it once")
-        seen[key] = value
-        tasks = re.fullmatch(r"\[(.*)\]", value.strip()) if key == "task" else None
+        tasks = re.fullmatch(r"\[(.*)\]", value.strip()) if key.lstrip("+~") == "task" else None
         if tasks:
             names = [n.strip() for n in tasks.group(1).split(",") if n.strip()]
             twice = sorted({n for n in names if names.count(n) > 1})
@@ -409,6 +404,18 @@ def check_key_value(overrides: list[str]) -> None:
             values = o.split("=", 1)[1].strip("[]")
             raise ConfigError(f"{o}: one {group.group(1)} per run; for one job per value use "
                               f"ptune train -m {group.group(1)}={values}")
+
+
+def check_unique(overrides: list[str]) -> None:
+    """A command line gives each key once: Hydra (and OmegaConf's dotlist) would silently keep the last. Checked at
+    the edges where a person types overrides: every ptune command and ptune.train."""
+    seen: dict[str, str] = {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key in seen:
+            raise ConfigError(f"{key} is given twice ({key}={seen[key]} and {key}={value}); give it once")
+        seen[key] = value
 
 
 def missing_option(err: MissingConfigException) -> ConfigError:

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from ptune import files
-from ptune.config import RUN_ONLY, Config, check_key_value, compose_config, to_config
+from ptune.config import RUN_ONLY, Config, check_key_value, check_unique, compose_config, to_config
 from ptune.errors import ConfigError, PtuneError
 from ptune.training import distributed
 
@@ -193,6 +193,7 @@ def check(overrides: list[str], multirun: bool) -> bool:
     Returns whether this is a multirun (``-m``, or a preset that sets ``hydra.mode: MULTIRUN``).
     """
     check_key_value(overrides)
+    check_unique(overrides)
     parsed = parse(overrides)
     base = [v for v in map(first_value, parsed) if v is not None]  # the first job
     first = compose_config(base, hydra=True)

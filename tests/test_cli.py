@@ -124,3 +124,17 @@ def test_version(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"ptune {version('ptune')}"
+
+
+def test_ptune_trains_flags_match_the_installed_hydras():
+    """cli.hydra_parser spells out @hydra.main's flags (Hydra's own parser is private): same options, same
+    short forms, same choices, so a Hydra upgrade that changes them fails here."""
+    from hydra._internal.utils import get_args_parser  # only the test reads the private parser
+
+    from ptune.cli import hydra_parser
+
+    def options(parser):
+        return {tuple(sorted(a.option_strings)): (tuple(a.choices) if a.choices else None, a.nargs, a.const)
+                for a in parser._actions if a.option_strings and "--version" not in a.option_strings}
+
+    assert options(hydra_parser()) == options(get_args_parser())

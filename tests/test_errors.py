@@ -51,7 +51,9 @@ def no_model(monkeypatch):
     ("data.sampling=sorted", ["data.sampling='sorted'", "proportional, temperature, equal"]),
 ])
 def test_config_mistakes_fail_in_one_line_before_any_model_loads(capsys, no_model, tmp_path, arg, words):
-    err = fail(capsys, ["train", *TINY, f"run_dir={tmp_path / 'r'}", arg])
+    key = arg.split("=", 1)[0]
+    base = [o for o in TINY if o.split("=", 1)[0] != key]  # the key once: a key given twice is its own error
+    err = fail(capsys, ["train", *base, f"run_dir={tmp_path / 'r'}", arg])
     for w in words:
         assert w in err, (w, err)
     assert not (tmp_path / "r").exists()  # nothing written
@@ -67,7 +69,9 @@ def test_config_mistakes_fail_in_one_line_before_any_model_loads(capsys, no_mode
     (["--bogus"], ["'--bogus'", "ptune train --help"]),
 ])
 def test_sweep_mistakes_fail_in_one_line_before_any_job_starts(capsys, no_model, tmp_path, args, words):
-    err = fail(capsys, ["train", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", *args])
+    keys = {a.split("=", 1)[0] for a in args}
+    base = [o for o in TINY if o.split("=", 1)[0] not in keys]  # each key once
+    err = fail(capsys, ["train", *base, f"hydra.sweep.dir={tmp_path / 'sweep'}", *args])
     for w in words:
         assert w in err, (w, err)
     assert not (tmp_path / "sweep").exists()

@@ -46,9 +46,10 @@ def test_a_single_run_s_folder_names_what_differs_so_a_second_value_never_collid
     monkeypatch.chdir(tmp_path)
     for extra in (["optimizer.lr=0.05"], ["optimizer.lr=0.3"], ["method.lr=0.05"],  # 0.3: prompt tuning's own lr
                   ["method.init=text", "method.init_text=" + "a" * 40, "optimizer=adafactor"]):
-        assert main(["train", *TINY, "trainer.max_steps=1", "trainer.eval_every=1", *extra]) == 0
+        base = [o for o in TINY if not o.startswith(("trainer.max_steps=", "trainer.eval_every="))]
+        assert main(["train", *base, "trainer.max_steps=1", "trainer.eval_every=1", *extra]) == 0
     common = ["data.eval_limit=16", "data.train_limit=16", "trainer.batch_size=8", "trainer.eval_every=1",
-              "trainer.max_steps=1"]  # TINY's, the last of a repeated key
+              "trainer.max_steps=1"]
     text = "method.init_text=aaaaaaaaaaaa~" + hashlib.sha1(b"a" * 40).hexdigest()[:8]  # a long value: cut, hashed
     expected = [["optimizer.lr=0.05"], [], ["method.lr=0.05"],  # optimizer.lr=0.3 is prompt tuning's own lr
                 ["method.init=text", text, "optimizer=adafactor"]]
@@ -174,7 +175,7 @@ def test_a_failing_job_is_recorded_and_the_others_finish(tmp_path):
 
 def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     cmd = [sys.executable, "-m", "ptune.cli", "train", "-m", *tiny("data.train_limit=256", "trainer.eval_every=50",
-           "trainer.save_every=5"), "trainer.max_steps=100,3", f"hydra.sweep.dir={tmp_path}"]
+           "trainer.save_every=5", "trainer.max_steps=100,3"), f"hydra.sweep.dir={tmp_path}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     long = tmp_path / "prompt_tuning-rte-tiny-bert-s42-trainer.max_steps=100"
     deadline = time.time() + 120

@@ -99,7 +99,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 
 # --- broken checkpoints --------------------------------------------------------------------------------
 def cli_train(run_dir: Path, *extra: str) -> None:
-    assert main(["train", "model=tiny-bert", *DATA, "data.train_limit=16", "data.eval_limit=16",
+    assert main(["train", "model=tiny-bert", *DATA[:1], "data.train_limit=16", "data.eval_limit=16",
                  "trainer.max_steps=2", "trainer.eval_every=1", "trainer.progress=false",
                  f"run_dir={run_dir}", *extra]) == 0
 
@@ -172,7 +172,7 @@ def test_unreadable_training_state_is_reported_on_resume(capsys, runs, tmp_path)
     run_dir = tmp_path / "run"
     shutil.copytree(runs["pt"], run_dir)
     (run_dir / "state" / "state.json").write_text("{ not json")
-    assert main(["train", "model=tiny-bert", *DATA, "data.train_limit=16", "data.eval_limit=16",
+    assert main(["train", "model=tiny-bert", *DATA[:1], "data.train_limit=16", "data.eval_limit=16",
                  "trainer.max_steps=4", "trainer.progress=false", f"run_dir={run_dir}"]) == 2
     err = capsys.readouterr().err
     assert "training state" in err and "unreadable" in err and "delete it to start over" in err
