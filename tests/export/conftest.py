@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,31 @@ import ptune
 from ptune import tasks
 
 P = 4
+RUN = "outputs/quickstart-pt-sst2-minilm"  # the run README.md's "Export to PEFT" exports
+
+
+def readme_export() -> tuple[list[str], str]:
+    """README.md's "Export to PEFT" section: its ``ptune export`` command (as arguments) and its PEFT snippet."""
+    from tests.conftest import REPO
+
+    section = REPO.joinpath("README.md").read_text().split("### Export to PEFT\n", 1)[1].split("\n### ", 1)[0]
+    command = re.search(r"```bash\n(ptune export [^#\n]*)", section).group(1).split()
+    snippet = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    return command, snippet
+
+
+def run_readme_export(run_dir: str) -> dict:
+    """The README's command and snippet on ``run_dir`` (for its path); returns the snippet's namespace."""
+    from ptune.cli import main
+
+    command, snippet = readme_export()
+    assert f"run={RUN}" in command and f"{RUN}-peft" in snippet
+    out = f"{run_dir}-peft"
+    assert main([a.replace(RUN, run_dir) for a in command[1:]]) == 0
+    assert Path(out, "adapter_config.json").is_file()
+    namespace: dict = {}
+    exec(compile(snippet.replace(f"{RUN}-peft", out), "README.md", "exec"), namespace)
+    return namespace
 
 
 def overrides(where, family: str, method: str, *extra: str, task: str = "sst2", steps: int = 2) -> list[str]:
