@@ -186,13 +186,12 @@ def prefix_refused(model_type: str) -> str | None:
     import transformers
     from transformers.models.auto import modeling_auto
 
-    names = [modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(model_type),
-             modeling_auto.MODEL_MAPPING_NAMES.get(model_type)]
-    classes = [getattr(transformers, n) for n in names if n and hasattr(transformers, n)]
-    if any(takes_past(c) for c in classes):
+    names = [n for n in (modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(model_type),
+                         modeling_auto.MODEL_MAPPING_NAMES.get(model_type)) if isinstance(n, str)]
+    if any(takes_past(getattr(transformers, n)) for n in names if hasattr(transformers, n)):
         return None
     return (f"peft {peft.__version__} runs prefix tuning through a past_key_values argument, which transformers "
-            f"{transformers.__version__}'s {names[1] or names[0]} lacks")
+            f"{transformers.__version__}'s {' and '.join(names) or model_type} lacks")
 
 
 def takes_past(model_class) -> bool:
