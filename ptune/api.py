@@ -4,7 +4,7 @@
     results = ptune.train({"method": "prompt_tuning", "model": "tiny-bert", "task": "sst2"})   # as `ptune train`
     run = ptune.load(results["run_dir"])                                  # as `ptune predict`, kept in memory
     run.predict(["a charming film", "a dull mess"])                       # -> pandas.DataFrame
-    run.export(format="peft", out="adapter/")                             # ptune.export.peft.export
+    run.export(format="peft", out="adapter/")                             # as `ptune export`: PEFT adapters
 
 ``predict`` returns a DataFrame: the input columns, then ``prediction`` and the score columns that
 ``ptune predict`` writes (ptune/predict.py), one row per input in input order.
@@ -111,20 +111,19 @@ class Run:
             raise ConfigError("run.predict takes a list of strings, a list of dicts or a pandas DataFrame")
         return pd.DataFrame(self._loaded.predict(tid, rows, "run.predict input"))
 
-    def export(self, format: str = "peft", out: str | Path | None = None):  # noqa: A002  (the CLI's word)
-        """The run as another library's adapter: ``ptune.export.peft.export(run_dir, out)``."""
-        if format not in EXPORT_FORMATS:
-            raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
-        try:
-            from ptune.export import peft
-        except ModuleNotFoundError as err:
-            if err.name not in ("ptune.export", "ptune.export.peft"):
-                raise
-            peft = None
-        if getattr(peft, "export", None) is None:
-            raise NotImplementedError("run.export(format='peft') needs ptune.export.peft.export, which this ptune "
-                                      "does not have yet")
-        return peft.export(self.run_dir, out)
+    def export(self, format: str = "peft", out: str | Path | None = None, task: str | None = None) -> dict:  # noqa: A002
+        """The run as another library's adapters (``ptune export``; ptune/export/peft.py): one per task, or
+        ``task``'s; ``out`` defaults to ``<run_dir>-peft``. Returns what was written."""
+        return export(self.run_dir, format, out, task)
+
+
+def export(run_dir: str | Path, format: str, out: str | Path | None = None, task: str | None = None) -> dict:  # noqa: A002
+    """``ptune export`` and ``Run.export``: the format's exporter, imported only when asked for."""
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    from ptune.export import peft
+
+    return peft.export(run_dir, out, task)
 
 
 def load(run_dir: str | Path, overrides: Sequence[str] | dict[str, Any] = ()) -> Run:

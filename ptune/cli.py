@@ -41,6 +41,8 @@ commands:
   predict    a saved run's predictions (label, per-class scores) for a .jsonl/.csv/.parquet file, or for a
              task's split (test splits are unlabelled):   ptune predict run=outputs/<run> input=rows.jsonl
              [out=preds.csv] [task=<one of a mixture's>] | ptune predict run=outputs/<run> data.eval_split=test
+  export     a saved run as Hugging Face PEFT adapters (PeftModel.from_pretrained loads them), with a model
+             card and the run beside them:   ptune export run=outputs/<run> format=peft [out=DIR] [task=NAME]
   describe   the resolved config, then the method's trainable parameters (share of the backbone) and
              what it injects where; no weights are read:  ptune describe method=hyperprompt model=t5-base
   table      sweep or run folders -> methods x tasks, mean ± std over seeds (n), paper numbers beside
@@ -197,6 +199,23 @@ def cmd_predict(overrides: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: list[str]) -> int:
+    """A run in another library's format (ptune/export/): ``run=DIR format=peft [out=DIR] [task=NAME]``."""
+    from ptune.api import EXPORT_FORMATS, export
+
+    keys = ("run", "format", "out", "task")
+    bad = [a for a in args if a.split("=", 1)[0] not in keys or "=" not in a]
+    if bad:
+        raise ConfigError(f"ptune export takes {', '.join(k + '=' for k in keys)}; {bad[0]!r} is not one of them")
+    given = dict(a.split("=", 1) for a in args)
+    if "run" not in given:
+        raise ConfigError("ptune export needs run=<run folder>, e.g. ptune export run=outputs/<run> format=peft")
+    if "format" not in given:
+        raise ConfigError(f"ptune export needs format=<{'|'.join(EXPORT_FORMATS)}>, e.g. ptune export run=... format=peft")
+    print(json.dumps(export(given["run"], given["format"], given.get("out"), given.get("task"))))
+    return 0
+
+
 def cmd_describe(overrides: list[str]) -> int:
     """The resolved config, then (as YAML comments) the method's parameter counts and injection sites."""
     from ptune import describe
@@ -259,8 +278,8 @@ def cmd_runs(args: list[str]) -> int:
     return listing.main(folders, flags.json, Console(width=None if sys.stdout.isatty() else 200))
 
 
-LOADS_MODELS = ("train", "eval", "predict", "describe")  # the commands that may reach the hub
-COMMANDS = {"runs": cmd_runs, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot}
+LOADS_MODELS = ("train", "eval", "predict", "describe", "export")  # the commands that may reach the hub
+COMMANDS = {"runs": cmd_runs, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

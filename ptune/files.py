@@ -26,13 +26,22 @@ from ptune.errors import CheckpointError
 _UMASK_LOCK = threading.Lock()
 
 
-def file_mode() -> int:
-    """0666 less the process umask: what ``open(path, "w")`` would create (the umask can only be read by
-    setting it, so it is set back at once, under a lock)."""
+def umask() -> int:
+    """The process umask (it can only be read by setting it, so it is set back at once, under a lock)."""
     with _UMASK_LOCK:
         mask = os.umask(0)
         os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def file_mode() -> int:
+    """0666 less the umask: what ``open(path, "w")`` would create."""
+    return 0o666 & ~umask()
+
+
+def dir_mode() -> int:
+    """0777 less the umask: what ``mkdir`` would create (``mkdtemp`` makes 0700)."""
+    return 0o777 & ~umask()
 
 
 def _temp_beside(path: Path) -> str:

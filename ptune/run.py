@@ -297,7 +297,7 @@ def train(cfg: Config, console: Console, sweep: dict | None = None) -> dict:
 
 def _train(cfg: Config, console: Console, run_dir: Path, sweep: dict | None) -> dict:
     fresh = not cfg.resume or ckpt.latest_state_dir(run_dir / "state") is None
-    source = transfer.check(cfg, run_metadata(cfg)) if cfg.method.init_from and fresh else None
+    source = transfer.check(cfg, run_metadata(cfg), backbones.sizes) if cfg.method.init_from and fresh else None
     tracker = trackers.build(cfg, run_dir, run_dir.parent.name if sweep else None)  # before the model loads
     status = "FAILED"
     try:
@@ -317,6 +317,11 @@ def _train_tracked(cfg: Config, console: Console, run_dir: Path, source, tracker
     if source is not None:
         n = transfer.apply(parts.method, cfg, *source)
         console.print(f"initialised the method's {n} parameter tensors from {source[2]} (method.init_from)")
+        heads = transfer.apply_heads(getattr(parts.backbone, "heads", {}), source[0])
+        if heads:
+            console.print(f"initialised the heads of {', '.join(heads)} from the adapter's classifier")
+        if source[1].get("note"):
+            console.print(source[1]["note"])
     if distributed.current().main:
         save_config(cfg, run_dir)
     counts = parts.parameter_counts()

@@ -66,3 +66,14 @@ def test_a_state_json_without_its_keys_is_the_documented_line(tmp_path, content)
     with pytest.raises(CheckpointError, match="is unreadable.*delete it to start over") as err:
         ckpt.load_state(tmp_path / "state")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_dir_mode_is_what_mkdir_gives(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        assert files.dir_mode() == mode
+        (tmp_path / "made").mkdir()
+        assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == mode
+    finally:
+        os.umask(old)

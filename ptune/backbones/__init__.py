@@ -94,6 +94,21 @@ def preflight(cfg: ModelConfig, places: str, prompt_length: int) -> None:
                           f"{cfg.hf_id or cfg.name} has {limit}; use {fix}")
 
 
+def sizes(cfg: ModelConfig) -> dict:
+    """The model's type and sizes from its config alone (no weights), named as a PEFT adapter's config names
+    them: token_dim (hidden size), num_layers (T5: the encoder's), num_attention_heads, plus head_dim."""
+    try:
+        config = _model_config(cfg)
+    except OSError as err:
+        raise _not_found(cfg, err) from None
+    t5 = cfg.family == "t5"
+    hidden = config.d_model if t5 else config.hidden_size
+    heads = config.num_heads if t5 else config.num_attention_heads
+    return {"model_type": config.model_type, "token_dim": hidden, "num_attention_heads": heads,
+            "num_layers": config.num_layers if t5 else config.num_hidden_layers,
+            "head_dim": config.d_kv if t5 else hidden // heads}
+
+
 def _load_model(cfg: ModelConfig, dtype: torch.dtype, attn: str):
     config = _model_config(cfg)
     cloze = cfg.family == "bert" and cfg.head == "mlm"
@@ -175,4 +190,4 @@ BUILDERS: dict[str, Callable[..., Backbone]] = {
     "t5": lambda model, tok, tasks, cfg: T5Backbone(model, tok),
 }
 
-__all__ = ["Backbone", "Output", "load", "skeleton", "attn_implementation"]
+__all__ = ["Backbone", "Output", "load", "skeleton", "sizes", "attn_implementation"]

@@ -103,6 +103,11 @@ class PromptMethod(nn.Module):
     # the method's variants worth comparing (each a list of overrides; ``()`` is the defaults): what the
     # real-model learning test, ``make quality`` and the lr search iterate (methods.variants())
     variants: tuple[tuple[str, ...], ...] = ((),)
+    # its PEFT twin (ptune/export/peft.py): the PEFT tuner whose adapter holds this method's folded prompt,
+    # "PROMPT_TUNING", "P_TUNING" or "PREFIX_TUNING"; None: PEFT has no equivalent
+    peft_type: str | None = None
+    # the PEFT adapter types ``method.init_from`` can start this method from (ptune/methods/transfer.py)
+    peft_imports: tuple[str, ...] = ()
 
     def __init__(self, cfg, dims: BackboneDims, label_words: list[list[str]], tasks: list[TaskInfo] | None = None):
         super().__init__()
@@ -112,6 +117,17 @@ class PromptMethod(nn.Module):
         self.tasks = list(tasks) if tasks else [TaskInfo(f"task{i}", list(w)) for i, w in enumerate(label_words)]
 
     def forward(self, task_ids: Tensor) -> Prompt:
+        raise NotImplementedError
+
+    @classmethod
+    def peft_fields(cls, cfg, hidden_size: int) -> dict:
+        """The fields of its PEFT twin's config beyond the shared ones (PEFT's defaults fill the rest)."""
+        return {}
+
+    @classmethod
+    def from_peft(cls, cfg, peft_type: str, prompt_embeddings: Tensor) -> dict[str, Tensor]:
+        """Parameter name -> initial value from a PEFT adapter's ``prompt_embeddings`` (one of ``peft_imports``,
+        shapes already checked against this run's config)."""
         raise NotImplementedError
 
     def fan_in(self) -> dict[str, int]:
@@ -214,3 +230,10 @@ def kv_from_flat(flat: Tensor, num_layers: int, num_heads: int, head_dim: int) -
     b, p, _ = flat.shape
     x = flat.view(b, p, num_layers * 2, num_heads, head_dim).permute(2, 0, 3, 1, 4)
     return [(x[2 * i], x[2 * i + 1]) for i in range(num_layers)]
+
+
+def flat_from_kv(keys_values: KeysValues) -> Tensor:
+    """The inverse of :func:`kv_from_flat` for one row: per layer (heads, P, head_dim) keys and values ->
+    (P, layers*2*heads*head_dim), PEFT's ``prompt_embeddings`` layout for prefix tuning."""
+    slots = torch.stack([t for kv in keys_values for t in kv])  # (2L, heads, P, head_dim): key 2l, value 2l+1
+    return slots.permute(2, 0, 1, 3).reshape(slots.shape[2], -1)

@@ -125,6 +125,8 @@ class HyperPrompt(PromptMethod):
     task_aware = True
     places = "prefix"
     variants = tuple((f"method.variant={v}",) for v in VARIANTS)
+    # folded, each task's hyper-prompts are a plain per-layer prefix: PEFT's prefix tuning holds one per task
+    peft_type = "PREFIX_TUNING"
 
     def __init__(self, cfg: HyperPromptConfig, dims: BackboneDims, label_words: list[list[str]],
                  tasks: list[TaskInfo] | None = None):

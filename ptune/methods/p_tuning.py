@@ -85,6 +85,7 @@ def hidden_size(cfg: PTuningConfig, dims: BackboneDims) -> int:
 @register("p_tuning", PTuningConfig)
 class PTuning(PromptMethod):
     variants = (("method.encoder=lstm",), ("method.encoder=mlp",))
+    peft_type = "P_TUNING"  # PEFT saves P-Tuning as its encoder's output, as ptune's folded form is
     def __init__(self, cfg: PTuningConfig, dims: BackboneDims, label_words: list[list[str]],
                  tasks: list[TaskInfo] | None = None):
         super().__init__(cfg, dims, label_words, tasks)
@@ -95,3 +96,9 @@ class PTuning(PromptMethod):
         with fp32(self.encoder.embedding.weight.device):
             tokens = self.encoder()  # (1, P, d): once per batch
         return Prompt(embeds=tokens.expand(len(task_ids), -1, -1), split=self.cfg.split)
+
+    @classmethod
+    def peft_fields(cls, cfg: PTuningConfig, hidden_size: int) -> dict:
+        h = cfg.encoder_hidden_size or (max(1, hidden_size // 2) if cfg.encoder == "lstm" else hidden_size)
+        return {"encoder_reparameterization_type": cfg.encoder.upper(), "encoder_hidden_size": h,
+                "encoder_num_layers": cfg.encoder_num_layers, "encoder_dropout": cfg.encoder_dropout}

@@ -65,6 +65,9 @@ class PrefixEncoder(nn.Module):
 @register("p_tuning_v2", PTuningV2Config)
 class PTuningV2(PromptMethod):
     places = "prefix"
+    peft_type = "PREFIX_TUNING"
+    peft_imports = ("PREFIX_TUNING",)
+
     def __init__(self, cfg: PTuningV2Config, dims: BackboneDims, label_words: list[list[str]],
                  tasks: list[TaskInfo] | None = None):
         super().__init__(cfg, dims, label_words, tasks)
@@ -85,3 +88,15 @@ class PTuningV2(PromptMethod):
     @torch.no_grad()
     def flat_prefix(self) -> Tensor:
         return self.encoder()
+
+    @classmethod
+    def peft_fields(cls, cfg: PTuningV2Config, hidden_size: int) -> dict:
+        return {"prefix_projection": cfg.reparameterize, "encoder_hidden_size": cfg.prefix_hidden_size}
+
+    @classmethod
+    def from_peft(cls, cfg: PTuningV2Config, peft_type: str, prompt_embeddings: Tensor) -> dict[str, Tensor]:
+        if cfg.reparameterize:  # PEFT saves the MLP's output, and an MLP cannot be inverted to its input
+            raise ConfigError(f"method={cfg.name} with reparameterize=true cannot start from a PEFT prefix adapter: it "
+                              "holds the prefix itself, not the MLP's input; use method=p_tuning_v2 "
+                              "(method.reparameterize=false)")
+        return {"encoder.embedding.weight": prompt_embeddings}

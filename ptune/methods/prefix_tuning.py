@@ -22,4 +22,8 @@ class PrefixTuningConfig(PTuningV2Config):
     lr: float = 1e-2
 
 
-register("prefix_tuning", PrefixTuningConfig)(PTuningV2)
+@register("prefix_tuning", PrefixTuningConfig)
+class PrefixTuning(PTuningV2):
+    # PEFT saves a prefix adapter as the MLP's output, which cannot be inverted to its input: such an adapter
+    # starts method=p_tuning_v2 (the same prefix, no MLP) instead
+    peft_imports = ()

@@ -74,8 +74,15 @@ def initial_prompt(cfg: PromptTuningConfig, dims: BackboneDims, label_words: lis
     return emb[ids].clone()
 
 
+PEFT_INITS = {"text": "TEXT", "vocab_sample": "SAMPLE_VOCAB"}  # PEFT's PromptTuningInit; the others: RANDOM
+
+
 @register("prompt_tuning", PromptTuningConfig)
 class PromptTuning(PromptMethod):
+    peft_type = "PROMPT_TUNING"
+    # a PEFT P-Tuning adapter keeps only its encoder's output (the P x d tokens): a plain prompt
+    peft_imports = ("PROMPT_TUNING", "P_TUNING")
+
     def __init__(self, cfg: PromptTuningConfig, dims: BackboneDims, label_words: list[list[str]],
                  tasks: list[TaskInfo] | None = None):
         super().__init__(cfg, dims, label_words, tasks)
@@ -83,3 +90,13 @@ class PromptTuning(PromptMethod):
 
     def forward(self, task_ids: Tensor) -> Prompt:
         return Prompt(embeds=self.prompt.unsqueeze(0).expand(len(task_ids), -1, -1))
+
+    @classmethod
+    def peft_fields(cls, cfg: PromptTuningConfig, hidden_size: int) -> dict:
+        init = PEFT_INITS.get(cfg.init, "RANDOM")  # a record only: PEFT loads the trained prompt over it
+        return {"prompt_tuning_init": init, **({"prompt_tuning_init_text": cfg.init_text} if init == "TEXT" else {})}
+
+    @classmethod
+    def from_peft(cls, cfg: PromptTuningConfig, peft_type: str, prompt_embeddings: Tensor) -> dict[str, Tensor]:
+        # seq2seq adapters hold num_transformer_submodules copies; PEFT's encoder reads the first P rows
+        return {"prompt": prompt_embeddings[: cfg.num_virtual_tokens]}

@@ -134,6 +134,7 @@ def initial_task_embeddings(cfg: StructuredConfig, dims: BackboneDims, tasks: li
 class StructuredPromptTuning(PromptMethod):
     task_aware = True
     variants = tuple((f"method.hypernetwork={k}",) for k in GENERATORS)
+    peft_type = "PROMPT_TUNING"  # folded, each task's prompt is a plain one: one PEFT adapter per task
 
     def __init__(self, cfg: StructuredConfig, dims: BackboneDims, label_words: list[list[str]],
                  tasks: list[TaskInfo] | None = None):

@@ -13,17 +13,37 @@ the target method's parameters takes, in this order,
 
 and anything else is a mismatch, refused in one line naming the parameter and both shapes. The metadata
 check (method, model, family) runs before the target's model loads (:func:`check`).
+
+``method.init_from`` may also name a Hugging Face PEFT adapter folder (``adapter_config.json`` beside
+``adapter_model.safetensors``; for ``ptune export``'s per-task folders, their parent with
+``method.init_from_task``). PEFT saves a prompt-learning adapter as one tensor, ``prompt_embeddings``:
+the P x d prompt (prompt tuning; P-Tuning's encoder output, so a P-Tuning adapter starts a prompt_tuning
+run as a plain prompt) or the flat P x (layers*2*d) prefix (prefix tuning, which starts p_tuning_v2 with
+``reparameterize=false``). Each method says which adapter types it reads (``PromptMethod.peft_imports``,
+``from_peft``). Type, task type (SEQ_CLS for BERT-family runs, SEQ_2_SEQ_LM for T5), base model, sizes
+and prompt length are checked against the run before its model loads. A SEQ_CLS adapter's classifier
+was trained with the prompt, so unlike a ptune source's heads it initialises every task head of its
+shape (:func:`apply_heads`).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ptune import files
 from ptune.errors import CheckpointError, ConfigError
+
+# PEFT's file names (peft.utils.constants CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME) and its task type for the
+# way each backbone family scores: a classifier on the pooled first token, or T5's text-to-text decoder
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TASK_TYPES = {"bert": "SEQ_CLS", "t5": "SEQ_2_SEQ_LM"}
+HEAD = "head:"  # source keys of an adapter's classifier (PEFT saves it as base_model.classifier.*)
 
 
 def source_file(init_from: str, step: int | None) -> Path:
@@ -51,9 +71,14 @@ def source_tasks(path: Path, meta: dict[str, str]) -> list[str]:
     return [t for t in meta.get("task", "").split("+") if t]
 
 
-def check(cfg, expected: dict[str, str]) -> tuple[dict[str, Tensor], dict[str, str], Path]:
-    """Read the source and check it is this method on this backbone, before anything loads."""
+def check(cfg, expected: dict[str, str], sizes: Callable[..., dict] | None = None
+          ) -> tuple[dict[str, Tensor], dict[str, str], Path]:
+    """Read the source and check it is this method on this backbone, before anything loads. ``sizes``
+    (``backbones.sizes``) gives the model's sizes from its config, for a PEFT adapter's."""
     m = cfg.method
+    folder = peft_folder(m.init_from, m.init_from_task)
+    if folder is not None:
+        return peft_source(cfg, folder, sizes(cfg.model) if sizes else None)
     path = source_file(m.init_from, m.init_from_step)
     tensors, meta = files.read_tensors(path)
     for key in ("method", "model", "family"):
@@ -65,6 +90,90 @@ def check(cfg, expected: dict[str, str]) -> tuple[dict[str, Tensor], dict[str, s
         raise ConfigError(f"method.init_from_task={m.init_from_task!r} is not a task of {m.init_from}; "
                           f"choose one of: {', '.join(tasks) or '(the source names no tasks)'}")
     return {k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")}, meta, path
+
+
+def peft_folder(init_from: str, task: str | None) -> Path | None:
+    """The PEFT adapter folder that ``method.init_from`` names; None for a ptune run folder or prompt file."""
+    path = Path(init_from)
+    if not path.is_dir() or (path / "prompt.safetensors").is_file():
+        return None
+    if task is not None and (path / task / ADAPTER_CONFIG).is_file():
+        return path / task
+    if (path / ADAPTER_CONFIG).is_file():
+        return path
+    per_task = sorted(p.parent.name for p in path.glob(f"*/{ADAPTER_CONFIG}"))
+    if per_task:
+        raise ConfigError(f"method.init_from={init_from} holds one PEFT adapter per task; choose one with "
+                          f"method.init_from_task=<task> ({', '.join(per_task)})")
+    return None
+
+
+def peft_source(cfg, folder: Path, sizes: dict | None) -> tuple[dict[str, Tensor], dict[str, str], Path]:
+    """A PEFT adapter as a transfer source: this method's parameters (``from_peft``) and ``head:`` tensors."""
+    from ptune.methods import METHODS
+
+    m, where, family = cfg.method, cfg.method.init_from, cfg.model.family
+    if m.init_from_step is not None:
+        raise ConfigError(f"method.init_from_step={m.init_from_step} needs a ptune run folder; {where} is a PEFT adapter")
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{folder / ADAPTER_CONFIG} is not readable JSON ({str(err).splitlines()[0]})") from None
+    kind, task_type = config.get("peft_type"), config.get("task_type")
+    if kind not in METHODS[m.name].peft_imports:
+        takers = [n for n, c in METHODS.items() if kind in c.peft_imports]
+        fix = f"choose method={' or '.join(takers)}" if takers else \
+            "ptune reads PEFT's PROMPT_TUNING, P_TUNING and PREFIX_TUNING adapters"
+        raise ConfigError(f"method.init_from={where} is a PEFT {kind} adapter, which method={m.name} cannot start "
+                          f"from; {fix}")
+    if task_type != TASK_TYPES[family]:
+        raise ConfigError(f"method.init_from={where} is a PEFT {task_type} adapter; a model.family={family} run "
+                          f"takes {TASK_TYPES[family]} adapters")
+    if kind == "PREFIX_TUNING" and family == "t5":
+        raise ConfigError(f"method.init_from={where}: PEFT's T5 prefix tuning prompts only the decoder, through a "
+                          "cache; ptune's p_tuning_v2 prompts both stacks, so it has no equivalent to start from")
+    base, hf_id = config.get("base_model_name_or_path"), cfg.model.hf_id
+    if base and hf_id and base != hf_id:
+        raise ConfigError(f"method.init_from={where} was trained on {base}, this run's model is {hf_id}; transfer "
+                          "needs the same backbone")
+    for key in ("token_dim", "num_layers", "num_attention_heads"):
+        if sizes and config.get(key) is not None and config[key] != sizes[key]:
+            raise ConfigError(f"method.init_from={where} has {key}={config[key]}, {cfg.model.name} has "
+                              f"{sizes[key]}; transfer needs the same backbone")
+    p = config.get("num_virtual_tokens")
+    if p != m.num_virtual_tokens:
+        raise ConfigError(f"method.init_from={where} has {p} virtual tokens, this run "
+                          f"method.num_virtual_tokens={m.num_virtual_tokens}; set method.num_virtual_tokens={p}")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise CheckpointError(f"{folder} has no {ADAPTER_WEIGHTS} (ptune reads safetensors only, never a pickled "
+                              "adapter_model.bin)")
+    tensors, _ = files.read_tensors(folder / ADAPTER_WEIGHTS)
+    emb = tensors.get("prompt_embeddings")
+    width = (2 * config.get("num_layers", 0) if kind == "PREFIX_TUNING" else 1) * config.get("token_dim", 0)
+    if emb is None or emb.dim() != 2 or emb.shape[0] < p or emb.shape[1] != width:
+        raise CheckpointError(f"{folder / ADAPTER_WEIGHTS} holds no prompt_embeddings of {p} x {width} "
+                              f"({None if emb is None else tuple(emb.shape)}), as its {ADAPTER_CONFIG} says")
+    source = dict(METHODS[m.name].from_peft(m, kind, emb.float()))
+    source.update({HEAD + k.removeprefix("base_model."): v.float() for k, v in tensors.items()
+                   if k != "prompt_embeddings"})
+    note = "PEFT P_TUNING adapter: it keeps only its encoder's output, imported as a plain prompt" \
+        if kind == "P_TUNING" else ""
+    return source, {"format": "peft", "peft_type": kind, "tasks": m.init_from_task or "", "note": note}, folder
+
+
+def apply_heads(heads: nn.ModuleDict | dict, source: dict[str, Tensor]) -> list[str]:
+    """A PEFT adapter's classifier into each task head of its shape; returns those tasks (none for a ptune
+    source, whose heads never transfer)."""
+    found = {k[len(HEAD):]: v for k, v in source.items() if k.startswith(HEAD)}
+    done = []
+    with torch.no_grad():
+        for task, head in heads.items():
+            own = dict(head.named_parameters())
+            if found and all(k in found and found[k].shape == p.shape for k, p in own.items()):
+                for k, p in own.items():
+                    p.copy_(found[k].to(p.dtype))
+                done.append(task)
+    return done
 
 
 def apply(method: torch.nn.Module, cfg, source: dict[str, Tensor], meta: dict[str, str], path: Path) -> int:

@@ -22,7 +22,8 @@ BASE = ["train", "model=tiny-bert", "method=prompt_tuning", "task=sst2", f"data.
 
 
 def train(run_dir, *extra) -> int:
-    return main([*BASE, f"run_dir={run_dir}", *extra])
+    keys = {e.split("=", 1)[0] for e in extra}  # each key once on the command line: extra wins
+    return main([o for o in BASE if o.split("=", 1)[0] not in keys] + [f"run_dir={run_dir}", *extra])
 
 
 def jsonl(run_dir) -> list[dict]:
