@@ -204,6 +204,7 @@ def cmd_export(args: list[str]) -> int:
     from ptune.api import EXPORT_FORMATS, export
 
     keys = ("run", "format", "out", "task")
+    check_unique(args)
     bad = [a for a in args if a.split("=", 1)[0] not in keys or "=" not in a]
     if bad:
         raise ConfigError(f"ptune export takes {', '.join(k + '=' for k in keys)}; {bad[0]!r} is not one of them")

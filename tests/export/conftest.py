@@ -14,7 +14,7 @@ import ptune
 from ptune import tasks
 
 P = 4
-RUN = "outputs/quickstart-pt-sst2-minilm"  # the run README.md's "Export to PEFT" exports
+RUN = "outputs/prompt_tuning-sst2-minilm-s42-trainer.max_steps=300"  # the run README.md's "Export to PEFT" exports
 
 
 def readme_export() -> tuple[list[str], str]:
