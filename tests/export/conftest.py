@@ -73,14 +73,6 @@ def runs(tmp_path_factory):
     return get
 
 
-def inputs():
-    torch.manual_seed(1)
-    ids = torch.randint(1000, 3000, (4, 8))
-    mask = torch.ones_like(ids)
-    ids[1, 5:], mask[1, 5:] = 0, 0
-    return ids, mask
-
-
 T5_LABELS = torch.tensor([[1465, 1], [2841, 1], [1465, 1], [2841, 1]])
 
 

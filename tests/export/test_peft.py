@@ -16,7 +16,8 @@ import ptune
 from ptune.cli import main
 from ptune.errors import ConfigError
 from ptune.export import peft as export_peft
-from tests.export.conftest import P, inputs, overrides, peft_base, peft_logits, ptune_logits, train
+from tests.backbones.test_peft_equivalence import inputs
+from tests.export.conftest import P, overrides, peft_base, peft_logits, ptune_logits, train
 
 EXPORTS = [
     ("bert", "prompt_tuning", ()),
