@@ -241,7 +241,8 @@ def cmd_runs(args: list[str]) -> int:
     return listing.main(folders, flags.json, Console(width=None if sys.stdout.isatty() else 200))
 
 
-SIMILARITY = """SPoT's task similarity and source retrieval (Vu et al. 2022, Section 4).
+SIMILARITY = """SPoT's task similarity and source retrieval (Vu et al. 2022, "SPoT: Better Frozen Model
+Adaptation through Soft Prompt Transfer", ACL).
 
 Each run's folded prompt (folded.safetensors: each task's plain prompt) is its task's embedding, read at the best
 checkpoint or, with --step N, at snapshots/step-N/ (trainer.snapshot_steps=[N] keeps it; the paper's early

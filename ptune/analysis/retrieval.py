@@ -1,4 +1,4 @@
-"""SPoT's retrieval rules (Vu et al. 2022, Section 4) over a ranking of source prompts (ptune.analysis.similarity):
+"""SPoT's retrieval rules (Vu et al. 2022) over a ranking of source prompts (ptune.analysis.similarity):
 best of top-k (``method.init_from=`` overrides, one target run each), the top-k weighted average (a prompt file
 ``method.init_from`` reads) and the top-k multi-task mixture (a ``task=[...]`` override)."""
 

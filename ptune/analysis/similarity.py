@@ -1,5 +1,5 @@
 """``ptune similarity``: SPoT's retrieval of source prompts for a target task (Vu et al. 2022, "SPoT: Better
-Frozen Model Adaptation through Soft Prompt Transfer", Section 4).
+Frozen Model Adaptation through Soft Prompt Transfer", ACL 2022: its task similarity and retrieval).
 
 A task's prompt is its embedding: each run's folded prompt (``folded.safetensors``, row t for task t) at a chosen
 point, the best checkpoint or ``--step N`` (``snapshots/step-N/``, the paper's early prompts). For prompts of L
@@ -12,7 +12,7 @@ A deep prompt (per-layer keys and values) is compared place by place: each layer
 is one row of all heads, heads x head_dim wide) with the same metric, a layer's score the mean of the two, and the
 prompt's score the mean over its layers (the input embeddings count as one place when a method has both).
 
-The retrieval rules (Section 4): best of top-k (transfer from each of the k nearest sources, keep the best on the
+The retrieval rules: best of top-k (transfer from each of the k nearest sources, keep the best on the
 target's validation set: the ``method.init_from=`` overrides), the top-k weighted average (weights proportional
 to similarity; written as a file ``method.init_from`` reads: for each of the target's parameters the weighted
 sum of what ``method.init_from=<source>`` would give it) and the top-k multi-task mixture (a source prompt trained
