@@ -123,10 +123,16 @@ def tokens(name: str, t: Tensor) -> tuple[str, Tensor]:
     raise CheckpointError(f"unexpected tensor {name} {tuple(t.shape)} in a folded prompt")
 
 
+def order(name: str) -> tuple:
+    """The input first, then the encoder's layers, then the decoder's, each in layer order (not 1, 10, 11, 2)."""
+    stack, _, rest = name.partition(".")
+    layer = rest.split(".")[0]
+    return ({"embeds": 0, "encoder": 1, "decoder": 2}.get(stack, 3), int(layer) if layer.isdigit() else 0, name)
+
+
 def entries(folder: Path, step: int | None, label: str) -> list[Entry]:
     tensors, meta = ckpt.read_tensors(point(folder, step))
-    names = sorted(tensors, key=lambda n: (n != "embeds", n.split(".")[0], *map(lambda s: int(s) if s.isdigit() else 0,
-                                                                              n.split(".")[1:2]), n))
+    names = sorted(tensors, key=order)
     n = tensors[names[0]].shape[0]
     tasks = meta["tasks"].split(",") if meta.get("tasks") else [meta.get("task", "?")]
     if len(tasks) != n:
@@ -248,11 +254,12 @@ def report(console: Console, target: Entry, ranked: list[dict], chosen: dict, wh
     for r, row in enumerate(ranked, 1):
         table.add_row(str(r), escape(row["source"]), escape(row["task"]), escape(row["method"] or "?"),
                       f"{row['avg_tokens']:.3f}", f"{row['per_token']:.3f}", style="bold" if r <= chosen["k"] else None)
-    layers = sum(1 for p in target.places if p != "input")
-    if layers:
+    stacks = {st: sum(1 for p in target.places if p.startswith(f"{st}.")) for st in ("encoder", "decoder")}
+    if any(stacks.values()):
+        layers = " and ".join(f"{n} {st}" for st, n in stacks.items() if n)
         table.caption = (f"deep prompt: both metrics are taken layer by layer (the mean of a layer's keys and its "
-                         f"values) and averaged over {layers} layers" + (" and the input" if "input" in target.places
-                                                                        else ""))
+                         f"values) and averaged over the {layers} layers" + (" and the input" if "input" in
+                                                                             target.places else ""))
     console.print(table)
     k, best, mix, avg = chosen["k"], chosen["best_of_top_k"], chosen["mixture"], chosen["weighted_average"]
     say = lambda head, text: console.print(f"[bold]{head}[/]" + escape(text), highlight=False, soft_wrap=True)  # noqa: E731
