@@ -184,10 +184,14 @@ def test_key_and_value_are_averaged_within_a_layer(tmp_path):
 
 
 def test_a_multi_task_source_is_compared_per_task(tmp_path):
+    """``mix`` keeps a prompt per task (method.per_task: copies.<t>.prompt), ``shared`` one for both of its tasks;
+    the weighted average takes mix's qqp copy, as ``method.init_from_task=qqp`` would."""
     lib = tmp_path / "lib"
     target = plain(tmp_path, "target", pattern((1, 0)), "sst2")
-    make_run(lib, "mix", {"embeds": torch.stack([pattern((0, 1)), pattern((1, 0.1))])}, ["mnli", "qqp"])
-    make_run(lib, "shared", {"embeds": torch.stack([pattern((1, 1))] * 2)}, ["rte", "cb"])
+    mnli, qqp, both = pattern((0, 1)), pattern((1, 0.1)), pattern((1, 1))
+    make_run(lib, "mix", {"embeds": torch.stack([mnli, qqp])}, ["mnli", "qqp"],
+             params={"copies.0.prompt": mnli, "copies.1.prompt": qqp})
+    make_run(lib, "shared", {"embeds": torch.stack([both] * 2)}, ["rte", "cb"], params={"prompt": both})
     assert similar(target, lib, "-k", "2", "-o", tmp_path / "sim") == 0
     t = json.loads((tmp_path / "sim.json").read_text())["targets"][0]
     assert [r["source"] for r in t["ranking"]] == ["mix:qqp", "shared", "mix:mnli"]
@@ -195,6 +199,10 @@ def test_a_multi_task_source_is_compared_per_task(tmp_path):
         "overrides": [[f"method.init_from={lib / 'mix'}", "method.init_from_task=qqp"], [f"method.init_from={lib / 'shared'}"]],
         "sweep": None}
     assert t["rules"]["mixture"] == "task=[qqp,rte,cb,sst2]"
+    s = {r["source"]: r["avg_tokens"] for r in t["ranking"]}
+    init, _ = ckpt.read_tensors(tmp_path / "sim.init.safetensors")
+    expected = (s["mix:qqp"] * qqp + s["shared"] * both) / (s["mix:qqp"] + s["shared"])
+    assert set(init) == {"method.prompt"} and torch.allclose(init["method.prompt"], expected, atol=1e-6)
 
 
 def test_a_multi_task_target_gets_a_ranking_per_task_and_task_picks_one(tmp_path):
