@@ -6,6 +6,7 @@
     ptune describe method=prompt_tuning task=rte     # the resolved config, parameter counts; no weights read
     ptune table multirun/<sweep>                     # mean ± std over seeds, Markdown and CSV
     ptune plot multirun/<sweep>                      # learning curves, PNG
+    ptune similarity outputs/<target> multirun/<sources>   # SPoT: rank source prompts for a target
 
 Config loading lives in :mod:`ptune.config`, the job Hydra runs in :mod:`ptune.sweep`. User mistakes
 (unknown names, wrong types, bad ranges, missing data or models, broken checkpoints) print one line and
@@ -53,6 +54,9 @@ commands:
              ptune runs [outputs multirun/<sweep> ...] [--json]
   plot       sweep or run folders -> learning curves (validation metric, training loss; a band for
              the seed spread) as a PNG:                  ptune plot multirun/<sweep> [-o curves.png]
+  similarity SPoT's retrieval: rank source runs' prompts for a target run's by both of the paper's cosine
+             metrics; the best-of-top-k, weighted-average and mixture transfers, a JSON file and a heatmap:
+             ptune similarity outputs/<target> multirun/<sources> [--step N] [-k 3] [-o similarity]
 
 groups (choose with group=name): method, model, task, optimizer, trainer; any value can be
 overridden with a dotted key, e.g. trainer.max_steps=300 optimizer.lr=0.1 data.root=../shared/data/hub
@@ -279,8 +283,65 @@ def cmd_runs(args: list[str]) -> int:
     return listing.main(folders, flags.json, Console(width=None if sys.stdout.isatty() else 200))
 
 
+SIMILARITY = """SPoT's task similarity and source retrieval (Vu et al. 2022, "SPoT: Better Frozen Model
+Adaptation through Soft Prompt Transfer", ACL).
+
+Each run's folded prompt (folded.safetensors: each task's plain prompt) is its task's embedding, read at the best
+checkpoint or, with --step N, at snapshots/step-N/ (trainer.snapshot_steps=[N] keeps it; the paper's early
+prompts). Each source is scored for the target with both of the paper's metrics:
+  cosine of the average tokens   cos(mean_i e1_i, mean_j e2_j)
+  per-token average cosine       the mean over all L x L token pairs of cos(e1_i, e2_j)
+Deep prompts (per-layer keys and values) are compared layer by layer (keys and values) with the same metrics,
+then averaged over the layers. A run of several tasks gives one prompt per task (labelled run:task; --task picks
+the target's); one prompt shared by a mixture's tasks is one entry. Runs on another backbone or with another
+prompt shape are refused. Source folders are only read.
+
+The retrieval rules, on the top k sources by --metric:
+  best of top-k           the method.init_from= overrides, one target run from each (keep the best on validation)
+  top-k weighted average  weights proportional to similarity, written as <out>.init.safetensors (a multi-task
+                          target: <out>.<task>.init.safetensors), a prompt file method.init_from reads: each of
+                          the target run's method parameters, the weighted sum of what method.init_from=<source>
+                          would give it
+  top-k mixture           a task=[<the k source tasks>,<target>] override for the source run to train first
+
+Output: a table per target task in the terminal; <out>.json (every score: the ranking with both metrics, each
+layer's scores for deep prompts, the full entry-by-entry matrix, the rules); <out>.png (a task-by-task heatmap
+of both metrics, values in the cells, the target in bold).
+
+  ptune similarity outputs/rte-run multirun/glue-sources
+  ptune similarity outputs/rte-run 'multirun/glue/*-s1' --step 500 -k 3 -o results/rte-sources
+"""
+
+
+def cmd_similarity(args: list[str]) -> int:
+    from ptune.analysis import similarity
+
+    parser = argparse.ArgumentParser(prog="ptune similarity", description=SIMILARITY,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", type=Path, help="the target task's run folder")
+    parser.add_argument("sources", nargs="+",
+                        help="the source library: run folders, sweep folders or folders above them, or globs")
+    parser.add_argument("--step", type=int, default=None,
+                        help="compare the prompts at snapshots/step-N/ (default: each run's best checkpoint)")
+    parser.add_argument("--task", default=None, help="a multi-task target: the task to find sources for "
+                                                     "(default: each of its tasks)")
+    parser.add_argument("--metric", choices=sorted(similarity.METRICS), default="avg_tokens",
+                        help="the metric that ranks sources for the rules (default: avg_tokens); both are shown")
+    parser.add_argument("-k", "--top-k", dest="k", type=int, default=3, help="how many sources the rules take "
+                                                                                "(default: 3)")
+    parser.add_argument("--out", "-o", type=Path, default=None,
+                        help="where to write <out>.json, <out>.png and <out>.init.safetensors "
+                             "(default: ./similarity-<target>); never inside a run folder")
+    flags = parser.parse_args(args)
+    if flags.k < 1 or (flags.step is not None and flags.step < 1):
+        raise ConfigError(f"ptune similarity: {'-k' if flags.k < 1 else '--step'} must be at least 1")
+    return similarity.main(flags.target, flags.sources, flags.step, flags.task, flags.metric, flags.k, flags.out,
+                           Console(width=None if sys.stdout.isatty() else 200))
+
+
 LOADS_MODELS = ("train", "eval", "predict", "describe", "export")  # the commands that may reach the hub
-COMMANDS = {"runs": cmd_runs, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot}
+COMMANDS = {"runs": cmd_runs, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
+            "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot, "similarity": cmd_similarity}
 
 
 def main(argv: list[str] | None = None) -> int:

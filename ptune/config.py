@@ -35,7 +35,7 @@ class MethodConfig:
     # Adam, for every method (PromptMethod.param_groups); none: one lr for every parameter (the papers' code)
     lr_scaling: str = "fan_in"
     # SPoT transfer (ptune/methods/transfer.py): start from a source run's method parameters (a run folder, or
-    # a prompt.safetensors-format file such as `ptune similarity --write-init`'s); heads are never copied
+    # a prompt.safetensors-format file such as `ptune similarity`'s weighted average); heads are never copied
     init_from: str | None = None
     init_from_task: str | None = None  # a multi-task source: the task whose prompt to take
     init_from_step: int | None = None  # the source's snapshot at that step (trainer.snapshot_steps); null: its best

@@ -180,3 +180,41 @@ def main(folders: list[Path], out: Path | None, console: Console, against: str |
         drawn = draw([r for r in runs if r.history], out, f"{', '.join(models)}; {where}")
     console.print(f"wrote {drawn}", highlight=False)
     return 0
+
+
+def draw_heatmap(labels: list[str], matrices: dict[str, list[list[float]]], titles: dict[str, str], marked: int,
+                 out: Path, title: str) -> Path:
+    """``ptune similarity``'s task-by-task heatmap: a panel per metric, the value in each cell, a colour bar; the
+    first ``marked`` rows and columns (the target) in bold."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("ptune similarity needs matplotlib: pip install -e '.[plot]' (in the ptune checkout)") from None
+    n = len(labels)
+    side = max(4.5, 0.5 * n + 2.5)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(1.25 * side * len(matrices), side + 0.6), squeeze=False)
+    font = max(5.0, min(9.0, 100 / n))
+    for ax, (name, m) in zip(axes[0], matrices.items(), strict=True):
+        off = [m[i][j] for i in range(n) for j in range(n) if i != j]  # the colours spread over the pairs, not
+        low, high = min(off), max(off)  # over each prompt's similarity with itself
+        digits = 2 if max(map(abs, off)) >= 0.1 else 3
+        image = ax.imshow(m, cmap="viridis", vmin=low, vmax=high)
+        for i in range(n):
+            for j in range(n):
+                dark = (min(m[i][j], high) - low) / ((high - low) or 1.0) < 0.55
+                ax.text(j, i, f"{m[i][j]:.{digits}f}", ha="center", va="center", fontsize=font,
+                        color="white" if dark else "black")
+        ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=font + 1)
+        ax.set_yticks(range(n), labels, fontsize=font + 1)
+        for tick in ax.get_xticklabels()[:marked] + ax.get_yticklabels()[:marked]:
+            tick.set_fontweight("bold")
+        ax.set_xlabel("task (bold: the target)")
+        ax.set_ylabel("task")
+        ax.set_title(titles[name].split(",")[0], fontsize=10)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(titles[name].split(", ", 1)[-1], fontsize=8)
+    fig.suptitle(title, fontsize=10, wrap=True)
+    fig.tight_layout()
+    return save(fig, plt, out)

@@ -1,8 +1,8 @@
 """SPoT's prompt transfer (Vu et al. 2022, Section 3): start a run from a source run's method parameters.
 
 ``method.init_from`` names a source run folder (its best ``prompt.safetensors``, or with
-``method.init_from_step=N`` its snapshot ``snapshots/step-N/``) or a file in that format (``ptune similarity
---write-init`` writes the top-k weighted average of source prompts as one). Only ``method.*`` tensors are
+``method.init_from_step=N`` its snapshot ``snapshots/step-N/``) or a file in that format (``ptune similarity``
+writes the top-k weighted average of source prompts as one, ``<out>.init.safetensors``). Only ``method.*`` tensors are
 read: task heads never transfer. The source must be the same method on the same backbone; then each of
 the target method's parameters takes, in this order,
 
