@@ -176,7 +176,7 @@ def one_line(capsys, argv, monkeypatch) -> str:
     ("missing", "does not exist"),
     ("unknown_ext", "choose one of: .jsonl, .csv, .parquet"),
     ("empty", "holds no rows"),
-    ("bad_json", "cannot be read as jsonl"),
+    ("bad_json", "line 1 is not valid JSON"),
     ("wrong_columns", "lacks column(s) sentence; task 'sst2' needs: sentence"),
     ("no_prompt", "has no prompt.safetensors"),
     ("no_config", "is not a ptune run folder (no config.yaml)"),
