@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import ptune
+from tests.backbones.test_peft_equivalence import inputs
 from tests.conftest import SHARED, SHARED_DATA
-from tests.export.conftest import P, inputs, run_readme_export
+from tests.export.conftest import P, run_readme_export
 
 pytestmark = [
     pytest.mark.integration,

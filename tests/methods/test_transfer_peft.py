@@ -22,8 +22,9 @@ from ptune.cli import main
 from ptune.config import load
 from ptune.errors import ConfigError
 from ptune.methods import transfer
+from tests.backbones.test_peft_equivalence import inputs
 from tests.conftest import sst2_examples
-from tests.export.conftest import T5_LABELS, P, inputs, peft_base, peft_logits, ptune_logits
+from tests.export.conftest import T5_LABELS, P, peft_base, peft_logits, ptune_logits
 from tests.peft_compat import peft_reference
 from tests.tasks.conftest import root_for
 

@@ -27,13 +27,18 @@ COMMON = [f"data.root={SHARED_DATA}", "data.train_limit=70", "data.eval_limit=24
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
+def common(args) -> list[str]:
+    keys = {a.split("=", 1)[0] for a in args}  # each key once on the command line: the case's value wins
+    return [o for o in COMMON if o.split("=", 1)[0] not in keys]
+
+
 def one_process(run_dir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "ptune", "train", *COMMON, *args, f"run_dir={run_dir}"]
+    return [sys.executable, "-m", "ptune", "train", *common(args), *args, f"run_dir={run_dir}"]
 
 
 def two_processes(run_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ptune",
-            "train", *COMMON, *args, f"run_dir={run_dir}"]
+            "train", *common(args), *args, f"run_dir={run_dir}"]
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
