@@ -99,9 +99,10 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 
 # --- broken checkpoints --------------------------------------------------------------------------------
 def cli_train(run_dir: Path, *extra: str) -> None:
-    assert main(["train", "model=tiny-bert", *DATA[:1], "data.train_limit=16", "data.eval_limit=16",
-                 "trainer.max_steps=2", "trainer.eval_every=1", "trainer.progress=false",
-                 f"run_dir={run_dir}", *extra]) == 0
+    base = ["train", "model=tiny-bert", *DATA[:1], "data.train_limit=16", "data.eval_limit=16",
+            "trainer.max_steps=2", "trainer.eval_every=1", "trainer.progress=false", f"run_dir={run_dir}"]
+    keys = {e.split("=", 1)[0] for e in extra}  # each key once on the command line: extra wins
+    assert main([o for o in base if o.split("=", 1)[0] not in keys] + list(extra)) == 0
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +181,8 @@ def test_unreadable_training_state_is_reported_on_resume(capsys, runs, tmp_path)
 
 def test_checkpoints_hold_no_pickle(runs):
     """Every weight file in a run folder is safetensors; nothing is readable only through pickle."""
-    files = [p for p in runs["pt"].rglob("*") if p.is_file() and p.name != run.LOCK]  # the lock holds a pid
-    assert {p.suffix for p in files} <= {".yaml", ".safetensors", ".json", ".jsonl"}
-    for p in files:
+    written = [p for p in runs["pt"].rglob("*") if p.is_file() and p.name != run.LOCK]  # the lock holds a pid
+    assert {p.suffix for p in written} <= {".yaml", ".safetensors", ".json", ".jsonl"}
+    for p in written:
         if p.suffix == ".safetensors":
             files.read_tensors(p)  # parses without pickle
