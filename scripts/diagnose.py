@@ -33,7 +33,11 @@ def prompt_scales(method, task_ids) -> dict:
         prompt = method(task_ids)
     out = {}
     if prompt.embeds is not None:
-        out["token_norm"] = round(prompt.embeds[0].norm(dim=-1).mean().item(), 3)
+        tokens = prompt.embeds[0].float()
+        out["token_norm"] = round(tokens.norm(dim=-1).mean().item(), 3)
+        unit = torch.nn.functional.normalize(tokens, dim=-1)
+        p = len(unit)  # mean pairwise cosine of the soft tokens, off the diagonal: near 1 = a prompt of rank ~1
+        out["token_cosine"] = round(((unit @ unit.T).sum().item() - p) / max(1, p * (p - 1)), 3)
     if prompt.keys_values is not None:
         out["key_rms"] = [round(k.pow(2).mean().sqrt().item(), 3) for k, _ in prompt.keys_values]
         out["value_rms"] = [round(v.pow(2).mean().sqrt().item(), 3) for _, v in prompt.keys_values]

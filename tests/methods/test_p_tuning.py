@@ -50,9 +50,37 @@ def test_one_prompt_for_every_task_computed_once_per_batch():
     assert all(torch.equal(p.embeds[0], row) for row in p.embeds)
 
 
+def mean_cosine(tokens: torch.Tensor) -> float:
+    unit = torch.nn.functional.normalize(tokens, dim=-1)
+    return ((unit @ unit.T).sum().item() - len(unit)) / (len(unit) * (len(unit) - 1))
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "mlp"])
+def test_the_residual_start_is_a_plain_prompt_and_the_encoder_still_learns(encoder):
+    """residual=true: step 0 gives exactly the trainable embeddings at prompt tuning's uniform init, tokens
+    that do not point the same way; a step moves the encoder's layers too (the zeroed last layer first)."""
+    torch.manual_seed(0)
+    m = methods.build(PTuningConfig(num_virtual_tokens=12, encoder=encoder), small_dims(hidden=64), [["a"]])
+    tokens = m(torch.zeros(1, dtype=torch.long)).embeds[0]
+    assert torch.equal(tokens, m.encoder.embedding.weight)
+    assert tokens.abs().max() <= 0.5 and tokens.std() > 0.2  # uniform(-0.5, 0.5), as prompt_tuning's init
+    assert abs(mean_cosine(tokens)) < 0.2
+    torch.manual_seed(0)
+    paper = methods.build(PTuningConfig(num_virtual_tokens=12, encoder=encoder, residual=False),
+                          small_dims(hidden=64), [["a"]])
+    assert mean_cosine(paper(torch.zeros(1, dtype=torch.long)).embeds[0]) > mean_cosine(tokens) + 0.2
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        m(torch.zeros(1, dtype=torch.long)).embeds.pow(3).sum().backward()
+        opt.step()
+    last = m.encoder.mlp_head[-1].weight
+    assert last.abs().max() > 0 and all(p.grad is not None and p.grad.abs().max() > 0 for p in m.parameters())
+
+
 def build(family: str, encoder: str, *extra: str):
     cfg = tiny_config(family, "p_tuning", f"method.num_virtual_tokens={P}", f"method.encoder={encoder}",
-                      "method.encoder_hidden_size=16", *extra)
+                      "method.encoder_hidden_size=16", "method.residual=false", *extra)  # PEFT's encoder alone
     bb = backbones.load(cfg.model, [tasks.get("sst2")])
     m = methods.build(cfg.method, bb.dims(), [["negative", "positive"]])
     bb.eval(), m.eval()
