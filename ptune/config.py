@@ -50,6 +50,8 @@ class ModelConfig:
     # the family's default config when hf_id is empty); no weights are loaded.
     random_init: bool = False
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    # a pretrained body whose config_overrides add layers gets them random-init and frozen: refused unless true
+    allow_new_layers: bool = False
     tokenizer_id: str | None = None  # defaults to hf_id
     max_length: int = 128
     max_target_length: int = 8

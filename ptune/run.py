@@ -197,6 +197,7 @@ def build(cfg: Config, *, train: bool = True, examples: dict[str, list] | None =
     check_precision(cfg.trainer.precision, device)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
+    check_init_applies(cfg, run_tasks)
     places = methods.METHODS[cfg.method.name].places
     backbones.preflight(cfg.model, places, 0 if places == "none" else cfg.method.num_virtual_tokens)
     data = load_data(cfg, run_tasks, train, examples)
@@ -231,6 +232,14 @@ def build(cfg: Config, *, train: bool = True, examples: dict[str, list] | None =
         probabilities = [w / sum(weighted) for w in weighted]
     return Parts(cfg, run_tasks, backbone, method, trains, evals, device, Path(cfg.resolved_run_dir()),
                  probabilities)
+
+
+def check_init_applies(cfg: Config, run_tasks: list[Task]) -> None:
+    """An init that reads the tasks' class labels needs a task that has them (STS-B has none), before loading."""
+    for key in ("init", "prompt_init"):
+        if getattr(cfg.method, key, None) == "class_labels" and not any(t.label_names for t in run_tasks):
+            raise ConfigError(f"method.{key}=class_labels: task(s) {', '.join(t.name for t in run_tasks)} have no "
+                              "class labels (regression); choose random_uniform, vocab_sample or another init")
 
 
 def load_data(cfg: Config, run_tasks: list[Task], train: bool, examples: dict | None) -> list[dict]:

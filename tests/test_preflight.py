@@ -77,6 +77,45 @@ def test_t5_verbalizers_cut_to_the_same_tokens(capsys, tmp_path, monkeypatch):
     assert "task mrpc: with model.max_target_length=1 the answers" in err and "raise model.max_target_length" in err
 
 
+def test_t5_stsb_score_buckets_cut_to_the_same_tokens(capsys, tmp_path, monkeypatch):
+    """STS-B on T5 is rank classification over 26 buckets "0.0" ... "5.0"; cut short they collapse."""
+    run = [o for o in RUN if not o.startswith("task=")]
+    err = one_line_error(capsys, [*run, "task=stsb", "model=tiny-t5", "model.max_target_length=2"], tmp_path,
+                         monkeypatch, loads=True)
+    assert "task stsb: with model.max_target_length=2 the answers ['0.0', '0.2'" in err
+
+
+@pytest.mark.parametrize("model,init", [("tiny-bert", "method.init=class_labels"), ("tiny-t5", "method.init=class_labels"),
+                                        ("tiny-bert", "method=structured method.prompt_init=class_labels")])
+def test_class_label_init_on_a_task_without_class_labels(model, init, capsys, tmp_path, monkeypatch):
+    run = [o for o in RUN if not o.startswith("task=")]
+    err = one_line_error(capsys, [*run, "task=stsb", f"model={model}", *init.split()], tmp_path, monkeypatch)
+    key = init.split()[-1].split("=")[0]
+    assert f"{key}=class_labels: task(s) stsb have no class labels (regression)" in err
+
+
+@pytest.mark.parametrize("extra,expect", [
+    (["model=minilm", "model.tokenizer_id=google-t5/t5-small"],
+     "tokenizer 'google-t5/t5-small' has 32100 tokens but model 'sentence-transformers/all-MiniLM-L6-v2' embeds 30522"),
+    (["model=t5-small", "model.tokenizer_id=sentence-transformers/all-MiniLM-L6-v2"],
+     "tokenizer 'sentence-transformers/all-MiniLM-L6-v2' (BertTokenizer) has no eos_token, which model.family=t5"),
+    (["model=minilm", "+model.config_overrides.num_hidden_layers=8"],
+     "model.config_overrides.num_hidden_layers=8 adds 2 layer(s) to sentence-transformers/all-MiniLM-L6-v2's 6"),
+])
+def test_parts_that_must_agree(extra, expect, capsys, tmp_path, monkeypatch):
+    """A tokenizer from another model, or layers added to a pretrained body, would train silently on wrong inputs
+    or random frozen layers: refused before the weights load."""
+    assert expect in one_line_error(capsys, [*RUN, *extra], tmp_path, monkeypatch)
+
+
+def test_fewer_layers_or_allowed_new_layers_pass_the_check():
+    from ptune.backbones import check_new_layers
+
+    base = ["model=minilm", "task=sst2"]
+    check_new_layers(load([*base, "+model.config_overrides.num_hidden_layers=3"]).model)
+    check_new_layers(load([*base, "+model.config_overrides.num_hidden_layers=8", "model.allow_new_layers=true"]).model)
+
+
 @pytest.fixture()
 def finished(tmp_path):
     run_dir = tmp_path / "done"

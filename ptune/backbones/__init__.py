@@ -58,11 +58,48 @@ def _model_config(cfg: ModelConfig):
 
 
 T5_TYPES = ("t5", "mt5", "umt5")
+LAYER_KEYS = ("num_hidden_layers", "num_layers", "num_decoder_layers")
+# the special tokens each family's backbone builds its inputs with (RoBERTa's <s> and </s> are its cls and sep)
+FAMILY_TOKENS = {"bert": ("cls_token", "sep_token", "pad_token"), "t5": ("eos_token", "pad_token")}
+
+
+def check_tokenizer(cfg: ModelConfig, config, tokenizer) -> None:
+    """The tokenizer must fit the model: every id it makes has a row in the embedding table, and it has the
+    special tokens the family's inputs are built from (a BERT tokenizer has no </s> for T5; T5's has no [CLS])."""
+    name = cfg.tokenizer_id or cfg.hf_id
+    vocab = getattr(config, "vocab_size", None)
+    if vocab and len(tokenizer) > vocab:
+        raise ModelError(f"tokenizer {name!r} has {len(tokenizer)} tokens but model {cfg.hf_id or cfg.name!r} embeds "
+                         f"{vocab}: ids past {vocab - 1} have no embedding row; use the model's own tokenizer "
+                         "(model.tokenizer_id=null)")
+    missing = [t for t in FAMILY_TOKENS[cfg.family] if getattr(tokenizer, t, None) is None]
+    if missing:
+        raise ModelError(f"tokenizer {name!r} ({type(tokenizer).__name__}) has no {', '.join(missing)}, which "
+                         f"model.family={cfg.family} builds its inputs with; use the model's own tokenizer "
+                         "(model.tokenizer_id=null)")
+
+
+def check_new_layers(cfg: ModelConfig) -> None:
+    """config_overrides that add layers to a pretrained body leave them random-init and frozen: refused unless
+    ``model.allow_new_layers=true``. (Fewer layers than the checkpoint keep its first ones, a choice users make.)"""
+    if cfg.random_init or not cfg.hf_id or cfg.allow_new_layers:
+        return
+    asked = {k: v for k, v in cfg.config_overrides.items() if k in LAYER_KEYS}
+    if not asked:
+        return
+    own = AutoConfig.from_pretrained(cfg.hf_id, trust_remote_code=cfg.trust_remote_code)
+    for key, value in asked.items():
+        have = getattr(own, key, None)
+        if isinstance(have, int) and isinstance(value, int) and value > have:
+            raise ConfigError(f"model.config_overrides.{key}={value} adds {value - have} layer(s) to {cfg.hf_id}'s "
+                              f"{have} pretrained ones; they would be random-init and frozen. Use <= {have}, "
+                              "model.random_init=true, or model.allow_new_layers=true")
 
 
 def preflight(cfg: ModelConfig, places: str, prompt_length: int) -> None:
-    """Checks that need only the model's config (no weights): the family matches the checkpoint, and the
-    longest input plus the prompt fits the position table. ``places``: the method's ``places``."""
+    """Checks that need only the model's config and tokenizer (no weights): the family matches the checkpoint,
+    no layers are added to a pretrained body, the tokenizer fits the model, and the longest input plus the
+    prompt fits the position table. ``places``: the method's ``places``."""
     try:
         config = _model_config(cfg)
     except OSError as err:
@@ -77,6 +114,13 @@ def preflight(cfg: ModelConfig, places: str, prompt_length: int) -> None:
     if cfg.family == "bert" and getattr(config, "is_encoder_decoder", False):
         raise ModelError(f"model.family=bert but {name} is a {kind!r} encoder-decoder model, which ptune does not "
                          "place prompts in; choose a BERT-family or T5 model")
+    check_new_layers(cfg)
+    if cfg.hf_id or cfg.tokenizer_id:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_id or cfg.hf_id)
+        except OSError as err:
+            raise _not_found(cfg, err) from None
+        check_tokenizer(cfg, config, tokenizer)
     if is_t5:
         return  # relative position buckets: no position table to overflow
     limit = getattr(config, "max_position_embeddings", None)

@@ -61,6 +61,9 @@ def initial_prompt(cfg: PromptTuningConfig, dims: BackboneDims, label_words: lis
         return sampled
     if cfg.init == "class_labels":
         words = [w for task_words in label_words for w in task_words][:p]
+        if not words:
+            raise ConfigError("method.init=class_labels: this run's tasks have no class labels (a regression task); "
+                              f"choose one of: {', '.join(i for i in INITS if i != 'class_labels')}")
         for i, word in enumerate(words):
             ids = dims.tokenize(word)
             if ids:

@@ -66,8 +66,9 @@ def _t5_features(task: Task, examples: list[Example], tok, max_length: int, max_
         if e.candidates not in cache:
             cache[e.candidates] = tok(list(e.candidates), truncation=True, max_length=max_target)["input_ids"]
             distinct = {tuple(c) for c in cache[e.candidates]}
-            # a label's verbalizers cut to the same tokens: rank scoring could never tell them apart
-            if task.head == "classification" and len(distinct) < len(set(e.candidates)):
+            # a label's verbalizers (or STS-B's 26 score buckets) cut to the same tokens: rank scoring could never
+            # tell them apart. Per-row candidates (multiple choice, ReCoRD's entities) are not checked here.
+            if task.head in ("classification", "regression") and len(distinct) < len(set(e.candidates)):
                 raise ConfigError(f"task {task.name}: with model.max_target_length={max_target} the answers "
                                   f"{list(e.candidates)[:4]} cut to the same tokens; raise model.max_target_length")
         feats.append({"input_ids": ids, "cands": cache[e.candidates], "target": e.target, "length": len(ids)})
