@@ -60,7 +60,8 @@ def test_the_residual_start_is_a_plain_prompt_and_the_encoder_still_learns(encod
     """residual=true: step 0 gives exactly the trainable embeddings at prompt tuning's uniform init, tokens
     that do not point the same way; a step moves the encoder's layers too (the zeroed last layer first)."""
     torch.manual_seed(0)
-    m = methods.build(PTuningConfig(num_virtual_tokens=12, encoder=encoder), small_dims(hidden=64), [["a"]])
+    m = methods.build(PTuningConfig(num_virtual_tokens=12, encoder=encoder, residual=True), small_dims(hidden=64),
+                      [["a"]])
     tokens = m(torch.zeros(1, dtype=torch.long)).embeds[0]
     assert torch.equal(tokens, m.encoder.embedding.weight)
     assert tokens.abs().max() <= 0.5 and tokens.std() > 0.2  # uniform(-0.5, 0.5), as prompt_tuning's init
