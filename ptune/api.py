@@ -93,8 +93,9 @@ class Run:
         spec = self._loaded.parts.tasks[tid]
         if isinstance(data, (str, dict)):  # one text, or one row: not its characters or its keys
             data = [data]
+        names: list[str] = []  # a bad row is named as the caller counts it: its DataFrame index or list position
         if isinstance(data, pd.DataFrame):
-            rows = data.to_dict("records")
+            rows, names = data.to_dict("records"), [f"the row at index {i!r}" for i in data.index]
         elif isinstance(data, (bytes, int, float)) or data is None or not hasattr(data, "__iter__"):
             raise ConfigError(f"run.predict takes a string, a list of strings, a dict, a list of dicts or a pandas "
                               f"DataFrame; got {type(data).__name__}")
@@ -109,7 +110,8 @@ class Run:
             rows = [{spec.input_columns[0]: r} for r in rows]
         elif not all(isinstance(r, dict) for r in rows):
             raise ConfigError("run.predict takes a list of strings, a list of dicts or a pandas DataFrame")
-        return pd.DataFrame(self._loaded.predict(tid, rows, "run.predict input"))
+        names = names or [f"data[{i}]" for i in range(len(rows))]
+        return pd.DataFrame(self._loaded.predict(tid, rows, "run.predict input", names=names.__getitem__))
 
     def export(self, format: str = "peft", out: str | Path | None = None, task: str | None = None) -> dict:  # noqa: A002
         """The run as another library's adapters (``ptune export``; ptune/export/peft.py): one per task, or

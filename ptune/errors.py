@@ -17,6 +17,11 @@ class DataError(PtuneError):
     pass
 
 
+class MissingDataError(DataError):
+    """No data where a split should be (no folder, no split files, the hub unreachable), as against data that is
+    there but does not match its task's schema (a plain DataError)."""
+
+
 class ModelError(PtuneError):
     pass
 

@@ -17,7 +17,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,14 +77,16 @@ class Loaded:
     parts: Any  # run.Parts
     step: int
 
-    def predict(self, tid: int, rows: list[dict], source: str, progress=None) -> list[dict]:
-        """``rows`` (dicts holding the task's input columns) -> the same rows, with predictions and scores."""
+    def predict(self, tid: int, rows: list[dict], source: str, progress=None,
+                names: Callable[[int], str] | None = None) -> list[dict]:
+        """``rows`` (dicts holding the task's input columns; ``names``: row i as the user counts it) -> the same
+        rows, with predictions and scores. Rows that fail the task's schema are refused before any is predicted."""
         from ptune.tasks.collate import featurize
         from ptune.tasks.data import prediction_examples
         from ptune.training.loop import predict
 
         task = self.parts.tasks[tid]
-        examples = prediction_examples(task, rows, source)
+        examples = prediction_examples(task, rows, source, *([names] if names else []))
         m = self.parts.cfg.model
         split = featurize(task, tid, examples, self.parts.backbone.tokenizer, m.family, m.max_length,
                           m.max_target_length, cloze=m.head == "mlm")
@@ -134,7 +136,14 @@ def file_format(path: Path, what: str) -> str:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The rows of a .jsonl / .csv / .parquet file; missing, unreadable or empty files are one-line errors."""
+    """The rows of a .jsonl / .csv / .parquet file (:func:`read_input` without the row names)."""
+    return read_input(path)[0]
+
+
+def read_input(path: Path) -> tuple[list[dict], list[str]]:
+    """The rows of a .jsonl / .csv / .parquet file, and each row's name as the user counts it ("line 4" of a JSONL or
+    CSV file, "row 3" of a parquet file). A missing, unreadable, non-UTF-8 or empty file, a bad JSONL line, a ragged
+    CSV row and a column named twice (which one is meant?) are one-line errors."""
     path = Path(path)
     kind = file_format(path, "input file ")
     if not path.exists():
@@ -143,36 +152,80 @@ def read_rows(path: Path) -> list[dict]:
         what = "a folder" if path.is_dir() else "not a regular file (a pipe or device)"
         raise DataError(f"input={path} is {what}; give a .jsonl, .csv or .parquet file")
     try:
-        if kind == "jsonl":
-            rows = []
-            for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except ValueError as err:
-                        raise DataError(f"input file {path} line {n} is not valid JSON ({err.args[0].split(':')[0]})"
-                                        ) from None
-                    if not isinstance(row, dict):
-                        raise DataError(f"{path} line {n} is not a JSON object")
-                    rows.append(row)
-        elif kind == "csv":
-            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first column
-                reader = csv.DictReader(f)
-                rows = []
-                for row in reader:
-                    if None in row:  # csv puts a ragged row's extra fields under the key None
-                        raise DataError(f"input file {path} line {reader.line_num} has {len(reader.fieldnames or []) + len(row[None])} "
-                                        f"fields, the header {len(reader.fieldnames or [])}")
-                    rows.append(dict(row))
-        else:
+        if kind == "parquet":
             import pyarrow.parquet as pq
 
-            rows = pq.read_table(path).to_pylist()
-    except (ValueError, OSError, csv.Error) as err:  # JSONDecodeError, ArrowInvalid, UnicodeDecodeError
+            table = pq.read_table(path)
+            _named_once(path, table.column_names, "its columns")
+            rows, names = table.to_pylist(), [f"row {i + 1}" for i in range(table.num_rows)]
+        else:
+            rows, names = (_jsonl if kind == "jsonl" else _csv)(path, _utf8(path))
+    except (ValueError, OSError, csv.Error) as err:  # ArrowInvalid, a NUL in a CSV line
         raise DataError(f"input file {path} cannot be read as {kind} ({' '.join(str(err).split())[:120]})") from None
     if not rows:
         raise DataError(f"input file {path} holds no rows")
-    return rows
+    return rows, names
+
+
+def _utf8(path: Path) -> str:
+    """The file's text: UTF-8, with or without a byte-order mark (a BOM is not part of the first column)."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"input file {path} is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(f"input file {path} line {line} is not UTF-8 (byte 0x{data[err.start]:02x}); save the file as "
+                        "UTF-8") from None
+
+
+class _Twice(Exception):
+    pass
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) < len(keys):
+        raise _Twice(next(k for k in keys if keys.count(k) > 1))
+    return dict(pairs)
+
+
+def _jsonl(path: Path, text: str) -> tuple[list[dict], list[str]]:
+    rows, names = [], []
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 and friends are text inside a line
+        if line.strip():
+            try:
+                row = json.loads(line, object_pairs_hook=_object)
+            except ValueError as err:
+                raise DataError(f"input file {path} line {n} is not valid JSON ({err.args[0].split(':')[0]})") from None
+            except _Twice as twice:
+                raise DataError(f"input file {path} line {n} names {twice.args[0]!r} twice; which one is meant is "
+                                "ambiguous") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {n} is not a JSON object")
+            rows.append(row)
+            names.append(f"line {n}")
+    return rows, names
+
+
+def _csv(path: Path, text: str) -> tuple[list[dict], list[str]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    _named_once(path, reader.fieldnames or [], "line 1")
+    rows, names = [], []
+    for row in reader:
+        if None in row:  # csv puts a ragged row's extra fields under the key None
+            raise DataError(f"input file {path} line {reader.line_num} has {len(reader.fieldnames or []) + len(row[None])} "
+                            f"fields, the header {len(reader.fieldnames or [])}")
+        rows.append(dict(row))
+        names.append(f"line {reader.line_num}")
+    return rows, names
+
+
+def _named_once(path: Path, columns: Sequence[str], where: str) -> None:
+    twice = [c for c in dict.fromkeys(columns) if list(columns).count(c) > 1]
+    if twice:
+        raise DataError(f"input file {path} {where} names column {twice[0]!r} twice; which one is meant is ambiguous")
 
 
 def output_path(run_dir: Path, task: str, stem: str, out: str | None, source: Path | None = None) -> Path:
@@ -226,24 +279,23 @@ def command(run_dir: Path, source: str | None, out: str | None, task: str | None
     tid = task_id(cfg, task, run_dir)
     name = cfg.task_names[tid]
     if source is not None:
-        rows, stem, where = read_rows(Path(source)), Path(source).stem, str(source)
+        rows, numbers = read_input(Path(source))
+        stem, where, names = Path(source).stem, f"input file {source}", numbers.__getitem__
     else:
         spec, role = tasks.get(name), cfg.data.eval_split
         if role not in spec.splits:
             raise ConfigError(f"task {name!r} has no split {role!r}; choose one of: {', '.join(spec.splits)}")
         # the whole split unless this command limits it: a run trained with data.eval_limit saved that limit
         limit = cfg.data.eval_limit if any(o.startswith("data.eval_limit=") for o in overrides) else None
-        rows = tasks.load_rows(spec.hub_id, spec.hub_config, spec.splits[role], root=cfg.data.root, limit=limit)
-        if not rows:
-            raise DataError(f"task {name!r} split {role!r} holds no rows")
-        stem, where = role, f"task {name!r} split {role!r}"
+        rows = tasks.split_rows(spec, role, root=cfg.data.root, limit=limit)  # each file checked, labels ignored
+        stem, where, names = role, f"task {name!r} split {role!r}", None
     path = output_path(run_dir, name, stem, out, Path(source) if source else None)
-    prediction_examples(tasks.get(name), rows, where)  # columns checked before the model loads
+    prediction_examples(tasks.get(name), rows, where, *([names] if names else []))  # checked before the model loads
     loaded = load(run_dir, cfg)
     with Progress(TextColumn("predict {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=console.quiet or not cfg.trainer.progress) as bar:
         job = bar.add_task(name, total=len(rows))
-        results = loaded.predict(tid, rows, where, progress=lambda n: bar.advance(job, n))
+        results = loaded.predict(tid, rows, where, progress=lambda n: bar.advance(job, n), names=names)
     write_rows(results, path)
     console.print(f"{len(results)} predictions for {name} (step {loaded.step}) -> {path}")
     return {"run_dir": str(run_dir), "task": name, "rows": len(results), "step": loaded.step, "out": str(path)}

@@ -24,13 +24,14 @@ from rich.console import Console
 from ptune import backbones, files, methods, tasks
 from ptune.backbones.base import Backbone
 from ptune.config import RUN_ONLY, Config, saved_task_label, to_config
-from ptune.errors import CheckpointError, ConfigError, DataError
+from ptune.errors import CheckpointError, ConfigError, MissingDataError
 from ptune.methods import transfer
 from ptune.methods.base import PromptMethod
 from ptune.tasks import mixture
 from ptune.tasks.base import Task
 from ptune.tasks.collate import Split, featurize
-from ptune.tasks.data import check_labels, resolve_root
+from ptune.tasks.data import resolve_root
+from ptune.tasks.schema import Place, check_labelled
 from ptune.training import checkpoint as ckpt
 from ptune.training import distributed, trackers
 from ptune.training.loop import Interrupted, fit
@@ -243,8 +244,9 @@ def check_init_applies(cfg: Config, run_tasks: list[Task]) -> None:
 
 
 def load_data(cfg: Config, run_tasks: list[Task], train: bool, examples: dict | None) -> list[dict]:
-    """Every task's training rows and evaluation splits, checked; a mixture whose tasks lack data fails
-    once, naming every missing task, before any model is loaded."""
+    """Every task's training rows and evaluation splits, checked against the task's schema (ptune/tasks/schema.py:
+    every file, its columns, types, values and labels); a mixture whose tasks lack data fails once, naming every
+    missing task, before any model is loaded."""
     root = cfg.data.root  # None: tasks.data falls back to $PTUNE_DATA_DIR, then the hub
     out, missing = [], []
     for task in run_tasks:
@@ -258,7 +260,7 @@ def load_data(cfg: Config, run_tasks: list[Task], train: bool, examples: dict | 
                     if train else None,
                     "eval": {s: tasks.load_split(task, s, root=root, limit=spec.eval_limit or cfg.data.eval_limit)
                              for s in splits}}
-        except DataError as err:
+        except MissingDataError as err:  # a split that is there but fails its schema is raised as it is
             if len(run_tasks) == 1:
                 raise
             missing.append((task.name, str(err)))
@@ -266,13 +268,14 @@ def load_data(cfg: Config, run_tasks: list[Task], train: bool, examples: dict | 
         out.append(rows)
     if missing:
         where = resolve_root(root) or "the hub"
-        raise DataError(f"no data for {len(missing)} of the {len(run_tasks)} tasks "
+        raise MissingDataError(f"no data for {len(missing)} of the {len(run_tasks)} tasks "
                         f"({', '.join(n for n, _ in missing)}) in {where}; first: {missing[0][1]}")
-    for task, rows in zip(run_tasks, out, strict=True):
-        if rows["train"] is not None:
-            check_labels(task, rows["train"], "train", need_all=True)
-        for split, ex in rows["eval"].items():
-            check_labels(task, ex, split, need_all=False)
+    if examples is not None:  # loaded splits were checked as they were read (tasks.load_split)
+        for task, rows in zip(run_tasks, out, strict=True):
+            if rows["train"] is not None:
+                check_labelled(task, rows["train"], Place(f"task {task.name!r} split 'train'"), "all")
+            for split, ex in rows["eval"].items():
+                check_labelled(task, ex, Place(f"task {task.name!r} split {split!r}"), "some")
     return out
 
 

@@ -120,3 +120,17 @@ def test_predict_takes_one_text_or_one_row_whole(run_dirs):
     assert len(run.predict({"sentence": "dull"})) == 1
     with pytest.raises(ConfigError, match="got int"):
         run.predict(5)
+
+
+def test_predict_names_a_bad_row_as_the_caller_counts_it(run_dirs):
+    """A list's position, a DataFrame's index label: nothing is predicted when one row fails the task's schema."""
+    import pandas as pd
+
+    from ptune.errors import DataError
+
+    run = ptune.load(run_dirs["sst2"])
+    with pytest.raises(DataError, match=r"run.predict input, data\[2\]: column 'sentence' holds 7, not text"):
+        run.predict([{"sentence": "fine"}, {"sentence": "ok"}, {"sentence": 7}])
+    frame = pd.DataFrame({"sentence": ["fine", None]}, index=["a", "b"])
+    with pytest.raises(DataError, match="the row at index 'b': column 'sentence' is empty"):
+        run.predict(frame)

@@ -101,7 +101,7 @@ def test_labels_outside_the_head_are_refused(capsys, no_model, tmp_path):
 
     pq.write_table(pa.Table.from_pylist(table), folder / "validation-00000-of-00001.parquet")
     err = fail(capsys, ["train", *TINY, f"data.root={root}", "data.train_limit=8", f"run_dir={tmp_path / 'r'}"])
-    assert "label 7" in err and "negative, positive" in err and "'validation'" in err
+    assert "row 4: column 'label' holds 7" in err and "negative, positive" in err and "'validation'" in err
 
 
 def test_unlabelled_eval_split_is_refused(capsys, no_model, tmp_path):

@@ -124,7 +124,7 @@ def test_the_unlabelled_test_split_predicts(runs, capsys):
 def test_a_split_is_read_whole_unless_this_command_limits_it(runs, monkeypatch, capsys):
     """The run was trained with data.eval_limit=8 (saved in its config.yaml); predict ignores that."""
     seen = []
-    monkeypatch.setattr(tasks, "load_rows", lambda *a, **k: seen.append(k["limit"]) or [])
+    monkeypatch.setattr(tasks, "split_rows", lambda *a, **k: seen.append(k["limit"]) or [])
     assert main(["predict", f"run={runs['bert']}", "data.eval_split=test"]) == 2
     assert main(["predict", f"run={runs['bert']}", "data.eval_split=test", "data.eval_limit=3"]) == 2
     assert seen == [None, 3] and "split 'test' holds no rows" in capsys.readouterr().err
@@ -291,3 +291,41 @@ def test_out_naming_a_folder_is_refused_before_predicting(tmp_path):
     (tmp_path / "preds.jsonl").mkdir()
     with pytest.raises(predict.ConfigError, match="is a folder; name a file in it"):
         predict.output_path(tmp_path / "run", "sst2", "reviews", str(tmp_path / "preds.jsonl"))
+
+
+@pytest.mark.parametrize("name,content,words", [
+    ("latin1.jsonl", '{"sentence": "ok"}\n{"sentence": "caf\xe9"}\n'.encode("latin-1"),
+     ["line 2 is not UTF-8 (byte 0xe9)", "save the file as UTF-8"]),
+    ("utf16.csv", "sentence\nfine\n".encode("utf-16"), ["is UTF-16", "save it as UTF-8"]),
+    ("twice.jsonl", b'{"sentence": "ok"}\n{"sentence": "a", "sentence": "b"}\n', ["line 2 names 'sentence' twice"]),
+    ("twice.csv", b"sentence,label,sentence\na,1,b\n", ["line 1 names column 'sentence' twice"]),
+])
+def test_odd_encodings_and_columns_named_twice_are_one_line(tmp_path, name, content, words):
+    """Only UTF-8 (a BOM allowed) is read; a column named twice is ambiguous (CSV and JSON keep the last silently)."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(predict.DataError) as err:
+        predict.read_rows(path)
+    assert "\n" not in str(err.value)
+    for w in words:
+        assert w in str(err.value), str(err.value)
+
+
+def test_rows_are_numbered_as_the_file_counts_them(tmp_path):
+    """JSONL lines (blank lines counted, U+2028 inside a string is not a line break), CSV lines (a quoted newline
+    spans two), parquet rows: what a bad row's message names."""
+    import pyarrow as pa
+
+    (tmp_path / "a.jsonl").write_text('{"sentence": "a\u2028b"}\n\n{"sentence": "c"}\n')
+    (tmp_path / "a.csv").write_text('sentence\n"two\nlines"\nthree\n')
+    pq.write_table(pa.table({"sentence": ["x", "y"]}), tmp_path / "a.parquet")
+    assert predict.read_input(tmp_path / "a.jsonl") == ([{"sentence": "a\u2028b"}, {"sentence": "c"}],
+                                                         ["line 1", "line 3"])
+    assert predict.read_input(tmp_path / "a.csv")[1] == ["line 3", "line 4"]
+    assert predict.read_input(tmp_path / "a.parquet")[1] == ["row 1", "row 2"]
+
+
+def test_a_bad_row_given_to_predict_is_named_before_the_model_loads(runs, tmp_path, capsys, monkeypatch):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"sentence": "fine"}, {"sentence": "ok"}, {"sentence": 3.5}])
+    err = one_line(capsys, ["predict", f"run={runs['bert']}", f"input={source}"], monkeypatch)
+    assert "input file" in err and "line 3: column 'sentence' holds 3.5, not text; 1 of 3 rows is like this" in err

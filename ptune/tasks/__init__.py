@@ -10,7 +10,7 @@ from __future__ import annotations
 from ptune.errors import unknown
 from ptune.tasks import glue, superglue
 from ptune.tasks.base import Example, Head, Task
-from ptune.tasks.data import load_rows, load_split
+from ptune.tasks.data import load_rows, load_split, split_rows
 
 TASKS: dict[str, Task] = {task.name: task for task in (*glue.TASKS, *superglue.TASKS)}
 
@@ -58,4 +58,5 @@ def get(name: str) -> Task:
         raise unknown("task", name, TASKS) from None
 
 
-__all__ = ["DESCRIPTIONS", "MIXTURES", "TASKS", "mixture_name", "Example", "Head", "Task", "get", "load_rows", "load_split"]
+__all__ = ["DESCRIPTIONS", "MIXTURES", "TASKS", "mixture_name", "Example", "Head", "Task", "get", "load_rows", "load_split",
+           "split_rows"]

@@ -15,7 +15,10 @@ encoder regression head); :meth:`Task.decode` turns that into the value the metr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Head = Literal["classification", "regression", "multiple_choice", "span"]
 
@@ -43,9 +46,19 @@ class Task:
     splits: dict[str, str] = field(default_factory=dict)  # role ("train", "validation", ...) -> hub split
     metric_names: tuple[str, ...] = ("accuracy",)
     main_metric: str = "accuracy"
+    # The schema every split and input file is checked against before a model loads (ptune/tasks/schema.py):
+    # the hub's columns and their Arrow types, the range of a regression label (STS-B), text columns that hold
+    # one of a few values (COPA's question). A classification label's values are ``label_names``' indices.
+    features: dict[str, pa.DataType] = field(default_factory=dict)
+    label_range: tuple[float, float] | None = None
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
+    LABEL: ClassVar[str] = "label"  # the gold column
     # what a row without a gold answer carries in place of one (prediction inputs, hub test splits)
     UNLABELLED: ClassVar[dict[str, Any]] = {"label": -1}
+    OPTIONAL_INPUTS: ClassVar[tuple[str, ...]] = ()  # columns read when present
+    ALSO_READ: ClassVar[dict[str, tuple[pa.DataType, ...]]] = {}  # other shapes of a column that are read too
+    NONEMPTY: ClassVar[tuple[str, ...]] = ()  # list columns that need an item
 
     @property
     def input_columns(self) -> tuple[str, ...]:

@@ -8,17 +8,24 @@ Two sources, same rows:
   ``PTUNE_DATA_DIR`` environment variable; ``../shared/data/hub`` is such a root.
 * the Hugging Face hub, ``datasets.load_dataset(hub_id, config, split=...)``, when no root is set.
 
-Nothing is cached here; ``datasets`` keeps its own cache for hub downloads.
+Nothing is cached here; ``datasets`` keeps its own cache for hub downloads. A task's split
+(:func:`load_split`, :func:`split_rows`) and the rows given to predict (:func:`prediction_examples`) are
+checked against the task's schema (``ptune/tasks/schema.py``) file by file, before any model loads.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ptune.errors import DataError, unknown
+import numpy as np
+
+from ptune.errors import DataError, MissingDataError, unknown
+from ptune.tasks import schema
 from ptune.tasks.base import Example, Task
+from ptune.tasks.schema import Labels, Place
 
 ENV_ROOT = "PTUNE_DATA_DIR"
 _HINT = f"set data.root= or {ENV_ROOT} to a folder in the hub layout <root>/<org>/<name>/<config>/<split>-*.parquet"
@@ -49,41 +56,56 @@ def load_rows(
     root: str | os.PathLike[str] | None = None,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of one hub split (the first ``limit`` rows if given), from the local root or the hub."""
+    """Rows of one hub split (the first ``limit`` rows if given), from the local root or the hub, as stored:
+    no task's schema is asked for (:func:`load_split` and :func:`split_rows` check it)."""
+    return [row for _, table in _tables(hub_id, config, split, root, limit) for row in table.to_pylist()]
+
+
+def _tables(hub_id: str, config: str, split: str, root: str | os.PathLike[str] | None,
+            limit: int | None) -> list[tuple[str, Any]]:
+    """(where, pyarrow table) per file of the split, the first ``limit`` rows in all; shards are not
+    concatenated, so each is checked (and named) on its own."""
     if limit is not None and limit < 0:
         raise DataError(f"data limit must be >= 0, got {limit}")
     base = resolve_root(root)
     if base is None:
-        return _hub_rows(hub_id, config, split, limit)
-    return _local_rows(base / hub_id / config, split, limit)
+        return [(f"{hub_id}/{config} on the hub", _hub_table(hub_id, config, split, limit))]
+    return _local_tables(base / hub_id / config, split, limit)
 
 
-def _local_rows(folder: Path, split: str, limit: int | None) -> list[dict[str, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def _local_tables(folder: Path, split: str, limit: int | None) -> list[tuple[str, Any]]:
     if not folder.is_dir():
-        raise DataError(f"no data folder {folder} (split {split!r}); {_HINT}")
+        raise MissingDataError(f"no data folder {folder} (split {split!r}); {_HINT}")
     files = split_files(folder, split)
     if not files:
         found = ", ".join(available_splits(folder)) or "none"
-        raise DataError(f"no split {split!r} in {folder} (splits there: {found}); {_HINT}")
-    if limit == 0:
-        return []
+        raise MissingDataError(f"no split {split!r} in {folder} (splits there: {found}); {_HINT}")
     tables, rows = [], 0
     for path in files:  # read only the shards the limit needs
         if limit is not None and rows >= limit:
             break
-        table = pq.read_table(path)
-        tables.append(table)
+        table = read_parquet(path)
+        if limit is not None:
+            table = table.slice(0, limit - rows)
+        tables.append((f"file {path}", table))
         rows += table.num_rows
-    table = pa.concat_tables(tables)
-    if limit is not None:
-        table = table.slice(0, limit)
-    return table.to_pylist()
+    return tables
 
 
-def _hub_rows(hub_id: str, config: str, split: str, limit: int | None) -> list[dict[str, Any]]:
+def read_parquet(path: Path) -> Any:
+    """A parquet file as a pyarrow table; a 0-byte, truncated or non-parquet file is one line naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+        table.validate(full=True)  # e.g. text that is not UTF-8
+    except (OSError, ValueError) as err:  # ArrowInvalid, ArrowIOError
+        why = " ".join(str(err).replace(f"Could not open Parquet input source '{path}': ", "").split())
+        raise DataError(f"{path} is not a readable parquet file ({why[:120]}); replace or remove it") from None
+    return table
+
+
+def _hub_table(hub_id: str, config: str, split: str, limit: int | None) -> Any:
     import datasets
 
     spec = split if limit is None else f"{split}[:{limit}]"
@@ -91,10 +113,34 @@ def _hub_rows(hub_id: str, config: str, split: str, limit: int | None) -> list[d
         dataset = datasets.load_dataset(hub_id, config, split=spec)
     except (OSError, ValueError) as err:  # ConnectionError, DatasetNotFoundError, unknown split
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(
+        raise MissingDataError(
             f"could not load {hub_id}/{config} split {split!r} from the hub ({first}); {_HINT}"
         ) from err
-    return dataset.to_list()
+    return dataset.with_format("arrow")[:]
+
+
+def _checked_split(task: Task, role: str, root: str | os.PathLike[str] | None, limit: int | None,
+                   labelled: bool) -> tuple[list[tuple[Any, Any]], Place]:
+    """(stored table, checked table) per file of a task's split, and the split's Place (it names a row by its file
+    and its row there). Every file is checked against the task's schema; a split without rows is refused."""
+    if role not in task.splits:
+        raise unknown("split role", role, task.splits)
+    split = task.splits[role]
+    source = f"task {task.name!r} split {split!r}"
+    files = _tables(task.hub_id, task.hub_config, split, root, limit)
+    out = [(table, schema.check_table(task, table, Place(source, file=where), labelled))
+           for where, table in files if table.num_rows]  # an empty shard adds nothing (and may have no columns)
+    if not out:
+        where = "limit 0" if not files else files[0][0] if len(files) == 1 else f"{len(files)} files, e.g. {files[0][0]}"
+        raise DataError(f"{source} holds no rows ({where}); every split a run reads needs some")
+    starts = np.cumsum([0] + [t.num_rows for _, t in files if t.num_rows])
+    named = [where for where, t in files if t.num_rows]
+
+    def names(i: int) -> str:
+        k = int(np.searchsorted(starts, i, side="right")) - 1
+        return f"{named[k]}, row {i - starts[k] + 1}"
+
+    return out, Place(source, names)
 
 
 def load_split(
@@ -102,46 +148,33 @@ def load_split(
     role: str,
     root: str | os.PathLike[str] | None = None,
     limit: int | None = None,
+    labels: Labels | None = None,
 ) -> list[Example]:
-    """A task's split by role ("train", "validation", "test", ...) as Examples."""
-    if role not in task.splits:
-        raise unknown("split role", role, task.splits)
-    rows = load_rows(task.hub_id, task.hub_config, task.splits[role], root=root, limit=limit)
-    return [task.example(row) for row in rows]
+    """A task's split by role ("train", "validation", ...) as Examples, checked against the task's schema.
+    ``labels``: "all" (default for "train": every row labelled), "some" (default otherwise: at least one, as
+    evaluation needs), "none" (ignored)."""
+    labels = labels or ("all" if role == "train" else "some")
+    tables, place = _checked_split(task, role, root, limit, labelled=labels != "none")
+    examples = [task.example(row) for _, checked in tables for row in checked.to_pylist()]
+    schema.check_labelled(task, examples, place, labels)
+    return examples
 
 
-def prediction_examples(task: Task, rows: list[dict[str, Any]], source: str) -> list[Example]:
-    """Rows to predict on, as unlabelled Examples: any gold column is ignored (replaced by the task's
-    ``UNLABELLED`` values), so a test split (label -1) or a file without labels reads the same way. Rows
-    missing one of the task's input columns fail once, naming them, before any model is loaded."""
-    present = set().union(*(row.keys() for row in rows)) if rows else set()
-    missing = [c for c in task.input_columns if c not in present or any(c not in row for row in rows)]
-    if missing:
-        raise DataError(f"{source} lacks column(s) {', '.join(missing)}; task {task.name!r} needs: "
-                        f"{', '.join(task.input_columns)}")
-    return [task.example({**row, **task.UNLABELLED}) for row in rows]
+def split_rows(task: Task, role: str, root: str | os.PathLike[str] | None = None,
+               limit: int | None = None) -> list[dict[str, Any]]:
+    """A task's split as stored (every column, for a predictions file), checked as rows to predict on: the input
+    columns must hold what the task reads; labels are ignored."""
+    tables, _ = _checked_split(task, role, root, limit, labelled=False)
+    return [row for table, _ in tables for row in table.to_pylist()]
 
 
-def check_labels(task: Task, examples: list[Example], split: str, *, need_all: bool) -> None:
-    """Labels must index the task's head (its candidates, or its choices for multiple choice).
-
-    A training split needs every row labelled; an evaluation split needs at least one (the hub's
-    GLUE/SuperGLUE test splits carry label -1 everywhere). Checked before any model is loaded.
-    """
-    unlabeled = 0
-    for i, e in enumerate(examples):
-        if e.target < 0:
-            unlabeled += 1
-            continue
-        options = len(e.texts) if task.head == "multiple_choice" else len(e.candidates)
-        if e.target >= options:
-            names = ", ".join(task.label_names) or f"0..{options - 1}"
-            raise DataError(
-                f"task {task.name!r} split {split!r} row {i} has label {e.target}, outside the head's "
-                f"{options} labels ({names}); the data does not match the task"
-            )
-    if unlabeled and (need_all or unlabeled == len(examples)):
-        raise DataError(
-            f"task {task.name!r} split {split!r} has {unlabeled} of {len(examples)} rows without a label "
-            f"(label -1, as in hub test splits); train and evaluate on labelled splits (data.eval_split=validation)"
-        )
+def prediction_examples(task: Task, rows: list[dict[str, Any]], source: str,
+                        names: Callable[[int], str] = schema.row_number) -> list[Example]:
+    """Rows to predict on, as unlabelled Examples: the task's input columns are checked against its schema
+    (``names`` says row i as the user counts it: "line 4"); any gold column is ignored (replaced by the task's
+    ``UNLABELLED`` values), so a test split (label -1) or a file without labels reads the same way. Fails in one
+    line, before any model is loaded."""
+    if not rows:
+        raise DataError(f"{source} holds no rows")
+    checked = schema.check_rows(task, rows, Place(source, names))
+    return [task.example({**row, **task.UNLABELLED}) for row in checked.to_pylist()]

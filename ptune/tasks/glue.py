@@ -17,10 +17,20 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import Any, ClassVar
 
+import pyarrow as pa
+
 from ptune.tasks import metrics
 from ptune.tasks.base import Example, Task
 
 GLUE = "nyu-mll/glue"
+# the hub's feature types (``datasets`` stores a ClassLabel as int64, a Value("int32") index as int32)
+TEXT, INDEX, CLASS, SCORE = pa.string(), pa.int32(), pa.int64(), pa.float32()
+
+
+def text_features(*columns: str, label: pa.DataType = CLASS, **more: pa.DataType) -> dict[str, pa.DataType]:
+    """A hub schema of text columns, a label and ``idx`` (the layout of every GLUE config), plus ``more``."""
+    return {**dict.fromkeys(columns, TEXT), **more, "label": label, "idx": INDEX}
+
 SPLITS = {"train": "train", "validation": "validation", "test": "test"}
 MNLI_SPLITS = {
     "train": "train",
@@ -136,6 +146,7 @@ def _pair(name: str, fields: tuple[str, ...], labels: tuple[str, ...], **kw: Any
         prefix=name,
         t5_fields=tuple(sorted(fields)),
         text_fields=fields,
+        features=text_features(*fields),
         **kw,
     )
 
@@ -167,6 +178,8 @@ TASKS: tuple[TextTask, ...] = (
         splits=dict(SPLITS),
         metric_names=("pearson", "spearman"),
         main_metric="pearson",
+        features=text_features("sentence1", "sentence2", label=SCORE),
+        label_range=(0.0, 5.0),
         prefix="stsb",
         t5_fields=("sentence1", "sentence2"),
         text_fields=("sentence1", "sentence2"),

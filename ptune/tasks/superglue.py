@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import Any, ClassVar
 
+import pyarrow as pa
+
 from ptune.tasks.base import Example, Head
-from ptune.tasks.glue import SPLITS, TextTask
+from ptune.tasks.glue import INDEX, SPLITS, TEXT, TextTask, text_features
 
 SUPER_GLUE = "aps/super_glue"
 FALSE_TRUE = ("False", "True")
@@ -124,6 +126,17 @@ class WscTask(TextTask):
         return ((row["text"], None),)
 
 
+SPAN = pa.struct([("text", TEXT), ("start", INDEX), ("end", INDEX)])  # one entity mention, end exclusive
+RECORD_FEATURES = {  # the hub stores entity_spans as a struct of lists; a list of SPAN structs is read too
+    "passage": TEXT,
+    "query": TEXT,
+    "entities": pa.list_(TEXT),
+    "entity_spans": pa.struct([("text", pa.list_(TEXT)), ("start", pa.list_(INDEX)), ("end", pa.list_(INDEX))]),
+    "answers": pa.list_(TEXT),
+    "idx": pa.struct([("passage", INDEX), ("query", INDEX)]),
+}
+
+
 def record_passage(passage: str) -> str:
     """T5's ReCoRD cleaning: each ``@highlight`` line becomes a sentence of the passage."""
     passage = re.sub(r"([.?!\"'])\n@highlight\n", r"\1 ", passage)
@@ -135,7 +148,11 @@ class RecordTask(TextTask):
     """ReCoRD: pick the entity that fills ``@placeholder``; candidates are the row's entities."""
 
     EXTRA_INPUTS: ClassVar[tuple[str, ...]] = ("passage", "query", "entities", "idx")
+    LABEL: ClassVar[str] = "answers"
     UNLABELLED: ClassVar[dict[str, Any]] = {"answers": []}
+    OPTIONAL_INPUTS: ClassVar[tuple[str, ...]] = ("entity_spans",)
+    ALSO_READ: ClassVar[dict[str, tuple[pa.DataType, ...]]] = {"entity_spans": (pa.list_(SPAN),)}
+    NONEMPTY: ClassVar[tuple[str, ...]] = ("entities",)  # the candidates: a row without one has nothing to pick
 
     def candidates(self, row: dict[str, Any]) -> tuple[str, ...]:
         """Entity strings in passage order, deduplicated (``entity_spans``; else sorted ``entities``)."""
@@ -180,6 +197,7 @@ TASKS: tuple[TextTask, ...] = (
         FALSE_TRUE,
         t5_fields=("passage", "question"),
         text_fields=("question", "passage"),
+        features=text_features("question", "passage"),
     ),
     _task(
         TextTask,
@@ -188,6 +206,7 @@ TASKS: tuple[TextTask, ...] = (
         ("entailment", "contradiction", "neutral"),
         t5_fields=("hypothesis", "premise"),
         text_fields=("premise", "hypothesis"),
+        features=text_features("premise", "hypothesis"),
         metric_names=("accuracy", "macro_f1"),
         main_metric="macro_f1",
     ),
@@ -197,6 +216,8 @@ TASKS: tuple[TextTask, ...] = (
         "multiple_choice",
         ("choice1", "choice2"),
         t5_fields=("choice1", "choice2", "premise", "question"),
+        features=text_features("premise", "choice1", "choice2", "question"),
+        choices={"question": tuple(COPA_CONNECTIVES)},
     ),
     _task(
         MultiRcTask,
@@ -204,6 +225,8 @@ TASKS: tuple[TextTask, ...] = (
         "classification",
         FALSE_TRUE,
         t5_fields=("question", "answer", "paragraph"),
+        features={**text_features("paragraph", "question", "answer"),
+                  "idx": pa.struct([("paragraph", INDEX), ("question", INDEX), ("answer", INDEX)])},
         metric_names=("f1a", "em"),
         main_metric="f1a",
     ),
@@ -212,6 +235,7 @@ TASKS: tuple[TextTask, ...] = (
         "record",
         "multiple_choice",
         (),
+        features=RECORD_FEATURES,
         metric_names=("record_f1", "record_em"),
         main_metric="record_f1",
     ),
@@ -224,7 +248,23 @@ TASKS: tuple[TextTask, ...] = (
         prefix="rte",
         t5_fields=("hypothesis", "premise"),
         text_fields=("premise", "hypothesis"),
+        features=text_features("premise", "hypothesis"),
     ),
-    _task(WicTask, "wic", "classification", FALSE_TRUE, t5_fields=("sentence1", "sentence2", "word")),
-    _task(WscTask, "wsc", "span", FALSE_TRUE, hub_config="wsc.fixed"),
+    _task(
+        WicTask,
+        "wic",
+        "classification",
+        FALSE_TRUE,
+        t5_fields=("sentence1", "sentence2", "word"),
+        features=text_features("word", "sentence1", "sentence2", **dict.fromkeys(("start1", "start2", "end1", "end2"),
+                                                                                 INDEX)),
+    ),
+    _task(
+        WscTask,
+        "wsc",
+        "span",
+        FALSE_TRUE,
+        hub_config="wsc.fixed",
+        features=text_features("text", "span1_text", "span2_text", span1_index=INDEX, span2_index=INDEX),
+    ),
 )
