@@ -132,7 +132,8 @@ def draw_against(runs: list[Run], key: str, out: Path, title: str) -> Path:
     if not points:
         raise ConfigError(f"no finished run has a number for {key!r} in its config.yaml; try --against lr or another key")
     tasks_ = sorted(points)
-    fig, axes = plt.subplots(1, len(tasks_), figsize=(6.4 * len(tasks_), 4.8), squeeze=False)
+    # the legend sits right of each panel, never over a point (a lone point at one end hid behind it)
+    fig, axes = plt.subplots(1, len(tasks_), figsize=(9.6 * len(tasks_), 4.8), squeeze=False)
     labels = sorted({label for task in points.values() for label in task})
     colors = {label: plt.get_cmap("tab20")(i % 20) for i, label in enumerate(labels)}
     for ax, task in zip(axes[0], tasks_, strict=True):
@@ -150,7 +151,7 @@ def draw_against(runs: list[Run], key: str, out: Path, title: str) -> Path:
         ax.set_ylabel(f"best validation {metric}")
         ax.set_title(task)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.suptitle(title, fontsize=10, wrap=True)
     fig.tight_layout()
     return save(fig, plt, out)
