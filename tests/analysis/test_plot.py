@@ -96,7 +96,7 @@ def test_against_lr_draws_best_score_per_variant_and_reads_the_method_lr(tmp_pat
     out = tmp_path / "lr.png"
     assert main(["plot", str(root), "--against", "lr", "-o", str(out)]) == 0
     pixels = mpimg.imread(out)
-    assert pixels.shape[1] == int(6.4 * 110)  # one task panel
+    assert pixels.shape[1] == int(9.6 * 110)  # one task panel, with its legend beside it
     assert share_of(pixels, BLUE) > 0.0005  # lines drawn (tab20's first color is tab10's blue)
     with pytest.raises(ConfigError, match="no finished run has a number for 'trainer.nope'"):
         plot.main([root], tmp_path / "x.png", Console(file=io.StringIO()), against="trainer.nope")
