@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from ptune import files
+from ptune import run_folder
 from ptune.errors import CheckpointError, TrainingError
 from ptune.tasks.collate import collate, eval_batches, iterate, to_device
 from ptune.tasks.mixture import average, mixture_batches, task_score
@@ -152,7 +152,7 @@ def fit(parts, console: Console | None = None) -> dict:
     progress = {"step": 0, "epoch": 0, "batch": 0, "wall_time": 0.0, "history": [], "loss_sum": 0.0,
                 "loss_count": 0}
 
-    state_dir = ckpt.latest_state_dir(run_dir / "state") if cfg.resume else None
+    state_dir = ckpt.latest_state_dir(run_dir / run_folder.STATE) if cfg.resume else None
     if state_dir is not None:
         saved, opt_state, progress, rng = ckpt.load_state(state_dir)
         ckpt.load_trainable(modules, saved, state_dir)
@@ -173,7 +173,7 @@ def fit(parts, console: Console | None = None) -> dict:
         rank_rng = distributed.rank_rng(world)  # every rank's RNG (dropout), so a resume replays them all
         if world.main:
             prog = dict(progress, scheduler=scheduler.state_dict(), early_stopping=stopper.state())
-            ckpt.save_state(run_dir / "state", ckpt.trainable_state(modules), optimizer.state_dict(), prog, rank_rng)
+            ckpt.save_state(run_dir / run_folder.STATE, ckpt.trainable_state(modules), optimizer.state_dict(), prog, rank_rng)
 
     reporter = Reporter(console, tcfg, start_step=progress["step"])
     runner = distributed.Trainer(parts, world)
@@ -208,7 +208,7 @@ def fit(parts, console: Console | None = None) -> dict:
                     if stopper.should_stop:
                         stop_reason = "early_stopping"
                 if step in tcfg.snapshot_steps and world.main:  # SPoT's early prompts (ptune similarity --step)
-                    parts.save_prompt(run_dir / "snapshots" / f"step-{step}" / "prompt.safetensors", step=step)
+                    parts.save_prompt(run_folder.snapshot(run_dir, step) / run_folder.PROMPT, step=step)
                 save_now = tcfg.save_every and step % tcfg.save_every == 0
                 if save_now or step % tcfg.eval_every == 0 or step == tcfg.max_steps or flag or stop_reason != "max_steps":
                     progress["wall_time"] = time.perf_counter() - start
@@ -271,19 +271,8 @@ def record_eval(parts, progress, stopper, modules, start, reporter) -> None:
     if not distributed.current().main:
         return
     if improved:
-        parts.save_prompt(run_dir / "prompt.safetensors", step=step)
-    files.atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonl(r) for r in progress["history"]))
+        parts.save_prompt(run_dir / run_folder.PROMPT, step=step)
+    run_folder.write_metrics(run_dir, progress["history"])
     reporter.evaluation(row, parts, stopper)
     parts.tracker.log_metrics(step, tracker_metrics(row))
 
-
-def _jsonl(row: dict) -> str:
-    """One line per evaluation; a mixture's evaluation is one line per task and split, then its ``avg`` line."""
-    import json
-
-    if "tasks" not in row:
-        return json.dumps(row, sort_keys=True) + "\n"
-    head = {k: row[k] for k in ("step", "epoch")}
-    lines = [dict(head, task=key, **metrics) for key, metrics in row["tasks"].items()]
-    lines.append({k: v for k, v in row.items() if k != "tasks"} | {"task": "avg"})
-    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines)
