@@ -20,12 +20,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ptune import files, run_folder
 from ptune.config import Config
 from ptune.errors import ConfigError, DataError
 from ptune.tasks.base import Example, Task
+
+if TYPE_CHECKING:
+    from ptune.training.parts import Parts
 
 FORMATS = ("jsonl", "csv", "parquet")
 
@@ -52,7 +55,7 @@ class Loaded:
     """A run's parts with its saved prompt loaded, ready to predict."""
 
     run_dir: Path
-    parts: Any  # run.Parts
+    parts: Parts
     step: int
 
     def predict(self, tid: int, rows: list[dict], source: str, progress=None) -> list[dict]:

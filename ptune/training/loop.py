@@ -19,12 +19,13 @@ from rich.console import Console
 
 from ptune import run_folder
 from ptune.errors import CheckpointError, TrainingError
-from ptune.tasks.collate import collate, eval_batches, iterate, to_device
+from ptune.tasks.collate import Split, collate, eval_batches, iterate, to_device
 from ptune.tasks.mixture import average, mixture_batches, task_score
 from ptune.training import checkpoint as ckpt
 from ptune.training import distributed
 from ptune.training.early_stopping import EarlyStopping
 from ptune.training.optim import build_optimizer, build_scheduler
+from ptune.training.parts import Parts
 from ptune.training.report import Reporter
 from ptune.training.trackers import eval_metrics as tracker_metrics
 
@@ -51,7 +52,7 @@ def catch_signals(flag: dict):
             signal.signal(s, h)
 
 
-def amp_context(parts):
+def amp_context(parts: Parts):
     """CUDA: autocast for bf16 / fp16. CPU: a frozen body is stored in bf16 itself, so no autocast; a
     trainable body keeps fp32 master weights and runs under bf16 autocast."""
     p = parts.cfg.trainer.precision
@@ -65,7 +66,7 @@ def amp_context(parts):
 
 
 @torch.inference_mode()
-def predict(parts, split, batch_size: int, *, with_scores: bool = False, progress=None):
+def predict(parts: Parts, split: Split, batch_size: int, *, with_scores: bool = False, progress=None):
     """Per-example predictions (decoded by the task), in the split's order (batches run length-sorted).
 
     ``with_scores``: returns ``(predictions, scores)``, each example's raw scores beside its prediction: a
@@ -93,7 +94,7 @@ def predict(parts, split, batch_size: int, *, with_scores: bool = False, progres
     return (preds, raw) if with_scores else preds
 
 
-def evaluate(parts, split) -> dict[str, float]:
+def evaluate(parts: Parts, split: Split) -> dict[str, float]:
     world = distributed.current()
     if not world.parallel:
         preds = predict(parts, split, parts.cfg.trainer.eval_batch_size)
@@ -112,7 +113,7 @@ def split_key(split, first: bool) -> str:
     return split.task.name if first else f"{split.task.name}/{split.split}"
 
 
-def evaluate_all(parts, evals=None) -> dict:
+def evaluate_all(parts: Parts, evals: list[Split] | None = None) -> dict:
     """Every task's official metrics on each of its evaluation splits, and their leaderboard average.
 
     One task: that task's metrics, as before mixtures. Several: ``{"avg": ..., "tasks": {key: metrics}}``
@@ -137,7 +138,7 @@ def evaluate_all(parts, evals=None) -> dict:
     return row
 
 
-def fit(parts, console: Console | None = None) -> dict:
+def fit(parts: Parts, console: Console | None = None) -> dict:
     cfg, run_dir = parts.cfg, Path(parts.run_dir)
     tcfg = cfg.trainer
     modules = parts.trainable_modules()
@@ -224,7 +225,7 @@ def fit(parts, console: Console | None = None) -> dict:
     return {"stopped": stop_reason, "progress": progress, "best_step": stopper.best_step}
 
 
-def train_step(parts, optimizer, scheduler, scaler, group, params, runner=None) -> float:
+def train_step(parts: Parts, optimizer, scheduler, scaler, group, params, runner=None) -> float:
     """One optimizer step over ``group``: batches of row indices, several for gradient accumulation; a
     batch is ``(task id, rows)`` in a mixture, or the rows alone for the first task. With several ranks
     each takes its shard of every batch (ptune/training/distributed.py); returns this rank's share of
@@ -257,7 +258,7 @@ def train_step(parts, optimizer, scheduler, scaler, group, params, runner=None) 
     return total
 
 
-def record_eval(parts, progress, stopper, modules, start, reporter) -> None:
+def record_eval(parts: Parts, progress, stopper, modules, start, reporter) -> None:
     step = progress["step"]
     metrics = evaluate_all(parts)
     main = metrics[parts.monitor_key()]
