@@ -23,11 +23,10 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from ptune import sweep
-from ptune.config import check_unique, load, to_config
+from ptune.config import PRIMARY, check_unique, load
 from ptune.errors import ConfigError, PtuneError
 
 USAGE = """ptune <command> ...     (ptune --version)
@@ -64,7 +63,7 @@ overridden with a dotted key, e.g. trainer.max_steps=300 optimizer.lr=0.1 data.r
 
 
 # --- train: Hydra parses the rest of the line -----------------------------------------------------
-@hydra.main(config_path="pkg://ptune.configs", config_name="config", version_base=None)
+@hydra.main(config_path="pkg://ptune.configs", config_name=PRIMARY, version_base=None)
 def hydra_train(raw: DictConfig) -> float:
     return sweep.job(raw)
 
@@ -134,57 +133,15 @@ def hydra_argv(flags: argparse.Namespace) -> list[str]:
 
 # --- plain commands -------------------------------------------------------------------------------
 def cmd_eval(overrides: list[str]) -> int:
-    """Re-score a run's saved prompt on every task of the run (``task=<one of them>`` for one)."""
-    from ptune import run
-    from ptune.training.loop import evaluate_all, split_key
+    """Re-score a run's saved prompt on every task of the run (``task=<one of them>`` for one; ptune/evaluate.py)."""
+    from ptune import evaluate
 
     check_unique(overrides)  # run= or any key given twice is refused, not silently the last
-    runs = [o.split("=", 1)[1] for o in overrides if o.startswith("run=")]
-    if not runs:
+    given = {k: o.split("=", 1)[1] for o in overrides for k in ("run", "task") if o.startswith(f"{k}=")}
+    if "run" not in given:
         raise ConfigError("ptune eval needs run=<run folder>, e.g. ptune eval run=outputs/prompt_tuning-sst2-minilm-s42")
-    run_dir = Path(runs[0])
-    saved = run.load_config(run_dir)
-    only = [o.split("=", 1)[1] for o in overrides if o.startswith("task=")]
-    if only and only[0] not in saved.task:
-        raise ConfigError(f"task={only[0]!r} is not a task of {run_dir}; choose one of: {', '.join(saved.task)}")
     rest = [o for o in overrides if not o.startswith(("run=", "task="))]
-    bad = [o for o in rest if "=" not in o]
-    if bad:
-        raise ConfigError(f"ptune eval takes key=value overrides; {bad[0]!r} is not one (e.g. data.root=...)")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(saved), OmegaConf.from_dotlist(rest))
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or rest[0].split("=", 1)[0]
-        raise ConfigError(f"ptune eval: {key!r} cannot be set that way ({str(err).splitlines()[0]})") from None
-    cfg = to_config(merged)
-    parts = run.build(cfg, train=False)
-    step = parts.load_prompt(run_dir / "prompt.safetensors")
-    evals = [s for s in parts.evals if not only or s.task.name == only[0]]
-    metrics = evaluate_all(parts, evals)
-    stored = {}
-    results_path = run_dir / "results.json"
-    if results_path.is_file():
-        try:
-            stored = (json.loads(results_path.read_text()).get("best") or {})
-        except (ValueError, AttributeError):
-            print(f"ptune: warning: {results_path} is damaged (not JSON); the stored metrics are not compared",
-                  file=sys.stderr)
-    per_task = metrics.get("tasks") or {split_key(evals[0], True): metrics}
-    stored_tasks = stored.get("tasks") or {parts.task.name: stored}
-    console = Console(stderr=True)
-    for key, m in per_task.items():
-        ref = stored_tasks.get(key, {})
-        console.print(f"{key} @ step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items()) +
-                      "".join(f"  (stored {k} {ref[k]:.2f})" for k in m if k in ref))
-    if "avg" in metrics and not only:
-        console.print(f"avg {metrics['avg']:.2f}" + (f"  (stored {stored['avg']:.2f})" if "avg" in stored else ""))
-    if len(parts.tasks) == 1:
-        out_stored = {k: stored[k] for k in metrics if k in stored}
-    else:
-        out_stored = {"tasks": {k: stored_tasks[k] for k in per_task if k in stored_tasks}}
-        if "avg" in stored and not only:
-            out_stored["avg"] = stored["avg"]
-    print(json.dumps({"run_dir": str(run_dir), "step": step, "metrics": metrics, "stored": out_stored}))
+    print(json.dumps(evaluate.command(Path(given["run"]), given.get("task"), rest, Console(stderr=True))))
     return 0
 
 

@@ -350,6 +350,7 @@ def check_bert_only(cfg: Config) -> None:
 
 
 # --- composing ------------------------------------------------------------------------------------
+PRIMARY = "config"  # Hydra's primary config, configs/config.yaml (cli.py's @hydra.main names it too)
 GROUPS = ("method", "model", "task", "optimizer", "trainer", "logger")
 PLUGINS = ("joblib", "submitit_local", "submitit_slurm", "optuna")
 INSTALL_HINT = {"hydra/launcher": " (the joblib and submitit launchers come with pip install -e '.[sweep]' in the ptune checkout)",
@@ -358,7 +359,7 @@ INSTALL_HINT = {"hydra/launcher": " (the joblib and submitit launchers come with
 
 def configs_folder() -> Path:
     folder = Path(__file__).resolve().parent.parent / "configs"
-    if not (folder / "config.yaml").is_file():  # installed wheel: configs ship as the package ptune.configs (data)
+    if not (folder / f"{PRIMARY}.yaml").is_file():  # installed wheel: configs ship as the package ptune.configs (data)
         from importlib.resources import files
 
         folder = Path(str(files("ptune.configs")))
@@ -378,9 +379,9 @@ def compose_config(overrides: list[str], *, hydra: bool = False) -> DictConfig:
     load_methods()  # plugins' methods reach Hydra through the ConfigStore before it composes
     try:
         if GlobalHydra.instance().is_initialized():  # inside `ptune train` (a Hydra app): compose there
-            return compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
+            return compose(config_name=PRIMARY, overrides=overrides, return_hydra_config=hydra)
         with initialize_config_module(config_module="ptune.configs", version_base=None):
-            return compose(config_name="config", overrides=overrides, return_hydra_config=hydra)
+            return compose(config_name=PRIMARY, overrides=overrides, return_hydra_config=hydra)
     except MissingConfigException as err:
         raise missing_option(err) from None
     except (HydraException, OmegaConfBaseException) as err:
@@ -478,6 +479,17 @@ def to_config(raw: DictConfig) -> Config:
         raise ConfigError(f"{key}={value!r} has the wrong type: {first}") from None
     assert isinstance(cfg, Config)
     return validate(cfg)
+
+
+def flatten(tree: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are values (a config's dotted keys, a tracker's params)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}{sep}", sep))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def saved_task_label(raw: DictConfig) -> str:

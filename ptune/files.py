@@ -15,13 +15,14 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import Tensor
 
 from ptune.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch loads where tensors are written or read, not where a command only reads JSON (table)
+    from torch import Tensor
 
 _UMASK_LOCK = threading.Lock()
 
@@ -81,7 +82,19 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when it is missing, unreadable, damaged or not an object (for files that a
+    run may still be writing, or that a reader can do without)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
     path = Path(path)
     tmp = _temp_beside(path)
     try:
@@ -97,12 +110,13 @@ def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[s
 
 def read_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Tensors and header metadata; a missing, truncated or corrupted file is a CheckpointError."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
         return load_file(str(path)), metadata

@@ -20,42 +20,23 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from ptune import files
-from ptune.config import Config, to_config
-from ptune.errors import CheckpointError, ConfigError, DataError
+from ptune import files, run_folder
+from ptune.config import Config
+from ptune.errors import ConfigError, DataError
 from ptune.tasks.base import Example, Task
 
+if TYPE_CHECKING:
+    from ptune.training.parts import Parts
+
 FORMATS = ("jsonl", "csv", "parquet")
-PROMPT = "prompt.safetensors"
-PROTECTED = ("config.yaml", PROMPT, "folded.safetensors", "metrics.jsonl", "results.json", ".ptune.lock",
-             "state", "snapshots")  # a run's own files: predictions never land on them
 
 
 # --- the run --------------------------------------------------------------------------------------
 def run_config(run_dir: Path, overrides: Sequence[str] = (), command: str = "ptune predict") -> Config:
-    """The saved config of a run folder with ``key=value`` overrides (``data.root=...``), checked."""
-    from ptune import run
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run folder {run_dir} does not exist")
-    saved = run.load_config(run_dir)
-    if not (run_dir / PROMPT).is_file():
-        raise CheckpointError(f"{run_dir} has no {PROMPT} (no evaluation saved a prompt yet); train it first")
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"{command} takes key=value overrides; {bad[0]!r} is not one (e.g. data.root=...)")
-    try:
-        merged: Any = OmegaConf.merge(OmegaConf.structured(saved), OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or overrides[0].split("=", 1)[0]
-        raise ConfigError(f"{command}: {key!r} cannot be set that way ({str(err).splitlines()[0]})") from None
-    return to_config(merged)
+    """The saved config of a run folder that holds a prompt, with ``key=value`` overrides (``data.root=...``)."""
+    return run_folder.open(run_dir, need_prompt=True).configured(overrides, command)
 
 
 def task_id(cfg: Config, name: str | None, run_dir: Path) -> int:
@@ -74,7 +55,7 @@ class Loaded:
     """A run's parts with its saved prompt loaded, ready to predict."""
 
     run_dir: Path
-    parts: Any  # run.Parts
+    parts: Parts
     step: int
 
     def predict(self, tid: int, rows: list[dict], source: str, progress=None,
@@ -100,7 +81,7 @@ def load(run_dir: Path, cfg: Config) -> Loaded:
     from ptune import run
 
     parts = run.build(cfg, train=False, examples={"eval": []})
-    return Loaded(Path(run_dir), parts, parts.load_prompt(Path(run_dir) / PROMPT))
+    return Loaded(Path(run_dir), parts, parts.load_prompt(Path(run_dir) / run_folder.PROMPT))
 
 
 def outputs(task: Task, example: Example, prediction: Any, raw: Any) -> dict[str, Any]:
@@ -230,14 +211,14 @@ def _named_once(path: Path, columns: Sequence[str], where: str) -> None:
 
 def output_path(run_dir: Path, task: str, stem: str, out: str | None, source: Path | None = None) -> Path:
     """``out``, else ``<run_dir>/predictions/<task>-<stem>.jsonl``; never one of the run's own files or the input."""
-    path = Path(out) if out else Path(run_dir) / "predictions" / f"{task}-{stem}.jsonl"
+    path = Path(out) if out else Path(run_dir) / run_folder.PREDICTIONS / f"{task}-{stem}.jsonl"
     if path.is_dir():  # refused now, not after the whole prediction
         raise ConfigError(f"out={path} is a folder; name a file in it, e.g. out={path / f'{task}-{stem}.jsonl'}")
     file_format(path, "out=")
     resolved, run = path.resolve(), Path(run_dir).resolve()
-    if any(resolved == run / name or (run / name) in resolved.parents for name in PROTECTED):
+    if any(resolved == run / name or (run / name) in resolved.parents for name in run_folder.OWN):
         raise ConfigError(f"out={path} would overwrite the run's own files; choose another out= "
-                          f"(default: {Path(run_dir) / 'predictions'}/...)")
+                          f"(default: {Path(run_dir) / run_folder.PREDICTIONS}/...)")
     if source is not None and resolved == Path(source).resolve():
         raise ConfigError(f"out={path} is the input file; choose another out=")
     return path

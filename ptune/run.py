@@ -1,32 +1,22 @@
-"""Build the parts of a run from a config, and own the run folder.
-
-    outputs/<run>/  config.yaml  prompt.safetensors  folded.safetensors  state/  metrics.jsonl  results.json
-"""
+"""Build the parts of a run from a config (``training.parts.Parts``), and train one run into its folder
+(ptune/run_folder.py: its files, lock and resume rules)."""
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import json
-import os
 import platform
 import subprocess
 import sys
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-import yaml
-from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from ptune import backbones, files, methods, tasks
-from ptune.backbones.base import Backbone
-from ptune.config import RUN_ONLY, Config, saved_task_label, to_config
-from ptune.errors import CheckpointError, ConfigError, MissingDataError
+from ptune import backbones, methods, run_folder, tasks
+from ptune.config import Config
+from ptune.errors import ConfigError, MissingDataError
 from ptune.methods import transfer
-from ptune.methods.base import PromptMethod
 from ptune.tasks import mixture
 from ptune.tasks.base import Task
 from ptune.tasks.collate import Split, featurize
@@ -35,127 +25,8 @@ from ptune.tasks.schema import Place, check_labelled
 from ptune.training import checkpoint as ckpt
 from ptune.training import distributed, trackers
 from ptune.training.loop import Interrupted, fit
+from ptune.training.parts import Parts, run_metadata
 from ptune.training.trackers import Tracker
-
-FOLDED = "folded.safetensors"
-LOCK = ".ptune.lock"
-
-
-@dataclass
-class Parts:
-    """A run's pieces. ``trains[i]`` / ``tasks[i]`` belong to task id i; ``evals`` holds every
-    (task, evaluation split) pair. ``task``, ``train`` and ``eval`` name the first (in a one-task run, the
-    only) task's, for code that handles one task."""
-
-    cfg: Config
-    tasks: list[Task]
-    backbone: Backbone
-    method: PromptMethod
-    trains: list[Split]
-    evals: list[Split]
-    device: torch.device
-    run_dir: Path
-    probabilities: list[float] = dataclasses.field(default_factory=lambda: [1.0])
-    tracker: Tracker = dataclasses.field(default_factory=trackers.NoneTracker)  # fit logs to it (logger=)
-
-    @property
-    def task(self) -> Task:
-        return self.tasks[0]
-
-    @property
-    def train(self) -> Split | None:
-        return self.trains[0] if self.trains else None
-
-    @train.setter
-    def train(self, split: Split) -> None:
-        self.trains = [split]
-
-    @property
-    def eval(self) -> Split:
-        return self.evals[0]
-
-    @eval.setter
-    def eval(self, split: Split) -> None:
-        self.evals = [split]
-
-    def monitor_key(self) -> str:
-        """The key of an evaluation row that early stopping and the best checkpoint follow."""
-        monitor = self.cfg.trainer.monitor
-        if len(self.tasks) == 1 and monitor in (None, "avg", self.task.name):
-            return self.task.main_metric
-        return "avg" if monitor in (None, "avg") else f"{monitor}/{tasks.get(monitor).main_metric}"
-
-    @property
-    def pad_id(self) -> int:
-        return self.backbone.tokenizer.pad_token_id
-
-    def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        """The parts that train and are saved: the method, the task heads and, with ``model.trainable``, the
-        body (checkpoint keys ``method.*``, ``head.*``, ``body.*``)."""
-        modules = {"method": self.method, "head": getattr(self.backbone, "heads", torch.nn.ModuleDict())}
-        if self.cfg.model.trainable:
-            modules["body"] = self.backbone.model
-        return modules
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        """What the optimizer sees: the method's and the heads' parameters; the body's only when it trains."""
-        return [p for g in self.param_groups() for p in g["params"]]
-
-    def param_groups(self) -> list[dict]:
-        """Optimizer groups: the method's own (``PromptMethod.param_groups``: generator weights at lr / fan-in),
-        the heads at ``model.head_lr`` (null: the run's lr), and a trainable body at ``model.lr`` (null: the
-        run's lr)."""
-        lr, m = self.cfg.lr, self.cfg.model
-        groups = list(self.method.param_groups(lr))
-        heads = [p for p in getattr(self.backbone, "heads", torch.nn.ModuleDict()).parameters() if p.requires_grad]
-        if heads:
-            groups.append({"params": heads, "lr": m.head_lr if m.head_lr is not None else lr})
-        if m.trainable:
-            body = [p for p in self.backbone.model.parameters() if p.requires_grad]
-            groups.append({"params": body, "lr": m.lr if m.lr is not None else lr})
-        return [g for g in groups if g["params"]]
-
-    def metadata(self) -> dict[str, str]:
-        return run_metadata(self.cfg)
-
-    def save_prompt(self, path: Path, step: int) -> None:
-        """The trainable parameters to ``path`` and, beside it, the folded form (``folded.safetensors``)."""
-        meta = dict(self.metadata(), step=str(step), tasks=",".join(t.name for t in self.tasks))
-        files.atomic_save_tensors(path, ckpt.trainable_state(self.trainable_modules()), meta)
-        self.save_folded(path.with_name(FOLDED), meta)
-
-    def save_folded(self, path: Path, meta: dict[str, str]) -> None:
-        """Each task's plain prompt (``export`` over task ids 0..T-1: row t is task t's soft tokens or
-        per-layer keys/values), with encoders and hypernetworks evaluated away; ``methods.base.Folded``
-        serves it. Nothing is written for a method without a prompt (model_tuning)."""
-        was_training = self.method.training
-        self.method.eval()
-        try:
-            tensors = self.method.export(torch.arange(len(self.tasks), device=self.device))
-        finally:
-            self.method.train(was_training)
-        split = getattr(self.method.cfg, "split", None)  # Folded(tensors, split) places them the same way
-        if tensors:
-            files.atomic_save_tensors(path, tensors, dict(meta, **({"split": str(split)} if split is not None else {})))
-
-    def load_prompt(self, path: Path) -> int:
-        tensors, meta = files.read_tensors(path)
-        if meta.get("format") != ckpt.FORMAT:
-            raise CheckpointError(f"{path} is not a ptune prompt checkpoint (format={meta.get('format')!r})")
-        ckpt.check_metadata(meta, self.metadata(), path)
-        ckpt.load_trainable(self.trainable_modules(), tensors, path)
-        return int(meta.get("step", -1))
-
-    def parameter_counts(self) -> dict[str, int]:
-        trainable = sum(p.numel() for p in ckpt.trainable_state(self.trainable_modules()).values())
-        frozen = sum(p.numel() for p in self.backbone.parameters() if not p.requires_grad)  # body (+ MLM head)
-        return {"trainable_params": trainable, "total_params": trainable + frozen}
-
-
-def run_metadata(cfg: Config) -> dict[str, str]:
-    """What a checkpoint's header says about the run that wrote it (checked when it is loaded)."""
-    return {"format": ckpt.FORMAT, "method": cfg.method.name, "model": cfg.model.hf_id or cfg.model.name,
-            "family": cfg.model.family, "task": cfg.task_label}
 
 
 def pick_device(name: str) -> torch.device:
@@ -296,8 +167,8 @@ def train(cfg: Config, console: Console, sweep: dict | None = None) -> dict:
     run_dir = Path(cfg.resolved_run_dir())
     with ExitStack() as held:
         def claim() -> dict | None:  # rank 0 locks and checks the folder; the other ranks take its verdict
-            held.enter_context(run_lock(run_dir))
-            return check_run_folder(cfg, run_dir)
+            held.enter_context(run_folder.lock(run_dir))
+            return run_folder.check_resume(cfg, run_dir)
 
         done = world.agree(claim)
         if done is not None:
@@ -308,7 +179,7 @@ def train(cfg: Config, console: Console, sweep: dict | None = None) -> dict:
 
 
 def _train(cfg: Config, console: Console, run_dir: Path, sweep: dict | None) -> dict:
-    fresh = not cfg.resume or ckpt.latest_state_dir(run_dir / "state") is None
+    fresh = not cfg.resume or ckpt.latest_state_dir(run_dir / run_folder.STATE) is None
     source = transfer.check(cfg, run_metadata(cfg), backbones.sizes) if cfg.method.init_from and fresh else None
     tracker = trackers.build(cfg, run_dir, run_dir.parent.name if sweep else None)  # before the model loads
     status = "FAILED"
@@ -335,7 +206,7 @@ def _train_tracked(cfg: Config, console: Console, run_dir: Path, source, tracker
         if source[1].get("note"):
             console.print(source[1]["note"])
     if distributed.current().main:
-        save_config(cfg, run_dir)
+        run_folder.save_config(cfg, run_dir)
     counts = parts.parameter_counts()
     console.print(
         f"[bold]ptune[/] {cfg.method.name} on {cfg.task_label} with {cfg.model.name} -> {run_dir}  "
@@ -351,117 +222,6 @@ def _train_tracked(cfg: Config, console: Console, run_dir: Path, source, tracker
         f"at step {best.get('step')}, {results['steps']} steps, {results['wall_time_s']:.1f}s -> {run_dir}"
     )
     return dict(results, run_dir=str(run_dir))
-
-
-# --- run folder ------------------------------------------------------------------------------------
-# keys a resume may change (applied, and recorded in config.yaml); every other key is the run's meaning
-RESUMABLE = ("trainer.max_steps", "trainer.eval_every", *RUN_ONLY)
-
-
-def check_run_folder(cfg: Config, run_dir: Path) -> dict | None:
-    """Never overwrite or silently change another run (docs/reliability.md, "Resuming"). A folder holding
-    a different run, or this run with keys that would change its meaning, is refused before anything is
-    written; a finished run (max steps reached, or stopped early) is left as it is: its results are
-    returned. None: train (from scratch or from its state)."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return None
-    if not cfg.resume:
-        raise ConfigError(f"run folder {run_dir} already exists; use resume=true to continue it or another run_dir=")
-    try:
-        raw = OmegaConf.load(saved)
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        raise CheckpointError(f"{saved} is unreadable ({str(err).splitlines()[0]}); choose another run_dir=") from None
-    old_tasks = saved_task_label(raw)
-    new = OmegaConf.structured(cfg)
-    for key, before, now in (*((k, OmegaConf.select(raw, k), OmegaConf.select(new, k))
-                                for k in ("method.name", "model.name", "seed")), ("task", old_tasks, cfg.task_label)):
-        if str(before) != str(now):
-            raise ConfigError(f"run folder {run_dir} holds a run with {key}={before}; choose another run_dir=")
-    try:
-        old = flat(OmegaConf.to_container(OmegaConf.structured(to_config(raw))))
-    except ConfigError as err:
-        raise CheckpointError(f"{saved} no longer loads ({err}); choose another run_dir=") from None
-    changed = [k for k, v in flat(OmegaConf.to_container(new)).items() if old.get(k) != v]
-    refused = [k for k in changed if not k.startswith(RESUMABLE)]
-    if refused:
-        shown = ", ".join(f"{k}={old.get(k)!r} -> {flat(OmegaConf.to_container(new)).get(k)!r}" for k in refused[:3])
-        raise ConfigError(f"run folder {run_dir} was started with other settings ({shown}"
-                          f"{f', and {len(refused) - 3} more' if len(refused) > 3 else ''}); resuming would change "
-                          "the run: rerun with its settings or choose another run_dir=")
-    results = _read_results(run_dir)
-    if results is None:
-        return None
-    if results.get("stopped") == "early_stopping" or int(results.get("steps") or 0) >= cfg.trainer.max_steps:
-        return results
-    return None
-
-
-def flat(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1} (the trackers' flattening of params, with dots)."""
-    return trackers.flatten(tree, prefix)
-
-
-def _read_results(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-@contextmanager
-def run_lock(run_dir: Path):
-    """One process per run folder: an exclusive lock on ``<run_dir>/.ptune.lock`` (released by the kernel
-    if the process dies). Also where an unwritable ``run_dir`` fails, before any model loads."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(run_dir / LOCK, "a+")  # noqa: SIM115  (held for the whole run)
-    except OSError as err:
-        raise ConfigError(f"run_dir={run_dir} cannot be written ({err.strerror or err}); choose another run_dir=") from None
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            who = handle.read().strip() or "?"
-            raise ConfigError(f"run folder {run_dir} is in use by another ptune process (pid {who}); wait for it "
-                              "or choose another run_dir=") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        handle.close()
-
-
-def finished_results(cfg: Config) -> dict | None:
-    """The results of this very run (same config) if its folder holds them; None: it still has to run."""
-    run_dir = Path(cfg.resolved_run_dir())
-    try:
-        same = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")) == OmegaConf.to_container(
-            OmegaConf.structured(cfg))
-        return json.loads((run_dir / "results.json").read_text()) if same else None
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-
-
-def save_config(cfg: Config, run_dir: Path) -> None:
-    files.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-
-
-def load_config(run_dir: Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a ptune run folder (no config.yaml)")
-    try:
-        raw = OmegaConf.load(path)
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        raise CheckpointError(f"{path} is not valid YAML ({' '.join(str(err).split())[:120]})") from None
-    if not isinstance(raw, DictConfig) or "method" not in raw or "task" not in raw:
-        raise CheckpointError(f"{path} holds no run config (empty, or no method/task); it was not written by "
-                              "ptune train, or was damaged")
-    return to_config(raw)
 
 
 def environment() -> dict[str, str]:
@@ -503,5 +263,5 @@ def write_results(parts: Parts, outcome: dict, sweep: dict | None = None) -> dic
     if sweep:
         results["sweep"] = sweep
     if distributed.current().main:
-        files.atomic_write_json(parts.run_dir / "results.json", results)
+        run_folder.write_results(parts.run_dir, results)
     return results

@@ -33,7 +33,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from ptune import files
+from ptune import files, run_folder
 from ptune.config import RUN_ONLY, Config, check_key_value, check_unique, compose_config, to_config
 from ptune.errors import ConfigError, PtuneError
 from ptune.training import distributed
@@ -81,7 +81,7 @@ def sweep_job(raw: DictConfig, hydra: Any) -> float:
     try:
         cfg = to_config(raw)
         cfg.run_dir = cfg.run_dir or str(sweep_dir / run_folder_name(cfg, overrides, keys))
-        done = run.finished_results(cfg)
+        done = run_folder.finished_results(cfg)
         if done is not None:
             console.print(f"[bold]ptune[/] {cfg.run_dir} already finished; skipped")
             record.update(status="finished", run_dir=cfg.run_dir, skipped=True, metric=best_metric(done))
@@ -114,7 +114,7 @@ def best_metric(results: dict) -> float:
 
 
 def interrupted(stop, run_dir: Any) -> int:
-    console.print(f"interrupted at step {stop.step}; training state saved in {run_dir}/state — "
+    console.print(f"interrupted at step {stop.step}; training state saved in {run_dir}/{run_folder.STATE} — "
                   "rerun the same command to resume")
     return 128 + stop.signum
 

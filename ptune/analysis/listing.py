@@ -11,7 +11,6 @@ error, or it ended with neither results nor a state to resume).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import time
 from functools import lru_cache
@@ -20,33 +19,19 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ptune.analysis.runs import Run, find, read_json, settings
-from ptune.run import LOCK
-
-
-def held(folder: Path) -> bool:
-    """Whether a live process holds the run's lock (the kernel drops it when that process dies)."""
-    path = folder / LOCK
-    if not path.is_file():
-        return False
-    with path.open("r") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+from ptune import run_folder
+from ptune.analysis.runs import Run, find, settings
 
 
 def status(run: Run) -> str:
-    if held(run.folder):
+    if run_folder.held(run.folder):
         return "running"
-    results = read_json(run.folder / "results.json")
+    results = run_folder.read_results(run.folder)
     if results is not None and run.status == "finished":
         return "stopped early" if results.get("stopped") == "early_stopping" else "finished"
     if run.status == "failed":
         return "failed"
-    return "interrupted" if (run.folder / "state" / "state.json").is_file() else "failed"
+    return "interrupted" if run_folder.has_state(run.folder) else "failed"
 
 
 @lru_cache(maxsize=64)
@@ -84,9 +69,8 @@ def best_so_far(run: Run) -> float | None:
 
 def age(folder: Path) -> float:
     """Seconds since the run last wrote anything it keeps (results, metrics, state, config)."""
-    paths = [folder / n for n in ("results.json", "metrics.jsonl", "config.yaml")] + [folder / "state" / "state.json"]
-    times = [p.stat().st_mtime for p in paths if p.exists()]
-    return time.time() - max(times) if times else float("nan")
+    last = run_folder.last_write(folder)
+    return time.time() - last if last is not None else float("nan")
 
 
 def ago(seconds: float) -> str:
@@ -101,7 +85,7 @@ def ago(seconds: float) -> str:
 def records(folders: list[Path]) -> list[dict]:
     out = []
     for run in find(folders):
-        if not (run.folder / "config.yaml").is_file():  # a sweep job that failed before it had a folder
+        if not run_folder.is_run(run.folder):  # a sweep job that failed before it had a folder
             out.append({"run": str(run.folder), "status": "failed", "method": run.method, "task": run.task,
                         "model": run.model, "seed": run.seed, "error": run.error})
             continue

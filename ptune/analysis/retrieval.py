@@ -11,14 +11,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ptune import files
+from ptune import files, run_folder
 from ptune.errors import ConfigError
 
 if TYPE_CHECKING:
     from ptune.analysis.similarity import Entry
-
-PROMPT = "prompt.safetensors"  # a run's best method parameters, what method.init_from reads
-
 
 def hydra_value(value: str) -> str:
     """``value`` as Hydra reads it back unchanged: plain when it can, else single-quoted."""
@@ -56,7 +53,7 @@ def mixture(top: list[Entry], target: Entry) -> str:
 
 
 def method_tensors(folder: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    tensors, meta = files.read_tensors(folder / PROMPT)
+    tensors, meta = files.read_tensors(folder / run_folder.PROMPT)  # the best method parameters: what init_from reads
     return {k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")}, meta
 
 

@@ -7,17 +7,17 @@ one-line error, including those that failed before they had a folder.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ptune.config import RUN_ONLY, saved_task_label
-from ptune.errors import ConfigError
+from ptune import files, run_folder
+from ptune.config import RUN_ONLY, flatten, saved_task_label
+from ptune.errors import CheckpointError, ConfigError
 from ptune.tasks import TASKS
 
-SKIP = {".hydra", ".submitit", "state"}
+RECORD = "sweep.json"  # a sweep folder's record of its jobs (ptune.sweep.RECORD; not imported: it loads torch)
 
 
 @dataclass
@@ -56,8 +56,6 @@ NOT_SETTINGS = ("seed", "paper.", "task.", *RUN_ONLY)
 def settings(config: dict, world_size: int | str | None = None) -> dict:
     """A saved config flattened to the settings that decide a run's result: run-only keys left out, the
     learning rate as one ``lr`` (``optimizer.lr``, else the method's), and the number of processes."""
-    from ptune.training.trackers import flatten
-
     flat = flatten(config)
     lr = flat.get("optimizer.lr") if flat.get("optimizer.lr") is not None else flat.get("method.lr")
     out = {k: v for k, v in flat.items()
@@ -76,12 +74,12 @@ def find(folders: list[Path]) -> list[Run]:
     if missing:
         raise ConfigError(f"no such folder: {', '.join(missing)}")
     for top in map(Path, folders):
-        for record in top.rglob("sweep.json"):
+        for record in top.rglob(RECORD):
             failures.update(failed_jobs(record))
-        for cfg in top.rglob("config.yaml"):
-            folder = cfg.parent.resolve()
-            if folder not in runs and not SKIP & set(cfg.relative_to(top).parts[:-1]):
-                runs[folder] = read_run(cfg.parent, failures.get(folder))
+        for found in run_folder.find(top):
+            folder = found.resolve()
+            if folder not in runs:
+                runs[folder] = read_run(found, failures.get(folder))
     for folder, job in failures.items():
         if folder not in runs:  # failed before it had a run folder (e.g. a bad value for one job)
             given = dict(o.lstrip("+").split("=", 1) for o in job.get("overrides", []) if "=" in o)
@@ -89,15 +87,13 @@ def find(folders: list[Path]) -> list[Run]:
                                task=given.get("task", "?"), model=given.get("model", "?"),
                                variant=job.get("swept", ""))
     if not runs:
-        raise ConfigError(f"no run folders under {', '.join(map(str, folders))} (a run folder holds config.yaml)")
+        raise ConfigError(f"no run folders under {', '.join(map(str, folders))} (a run folder holds "
+                          f"{run_folder.CONFIG})")
     return sorted(runs.values(), key=lambda r: (r.task, r.method, r.variant, r.seed or 0, str(r.folder)))
 
 
 def failed_jobs(record: Path) -> dict[Path, dict]:
-    try:
-        data = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return {}
+    data = files.read_json(record) or {}
     out = {}
     for job in data.get("jobs", []):
         if job.get("status") == "failed":
@@ -108,7 +104,11 @@ def failed_jobs(record: Path) -> dict[Path, dict]:
 
 
 def read_run(folder: Path, failed: dict | None) -> Run:
-    cfg = OmegaConf.load(folder / "config.yaml")
+    try:
+        opened = run_folder.open(folder)
+    except CheckpointError as err:  # a damaged config.yaml: listed as failed, the other runs still read
+        return Run(folder=folder.resolve(), status="failed", error=str(err))
+    cfg = opened.raw
     get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
     run = Run(folder=folder.resolve(), status="unfinished", method=str(get("method.name", "?")),
               task=saved_task_label(cfg), model=str(get("model.name", "?")), seed=get("seed"),
@@ -117,8 +117,8 @@ def read_run(folder: Path, failed: dict | None) -> Run:
     run.variant = folder.name[len(base):].lstrip("-") if folder.name.startswith(base) else ""
     paper = get("paper.scores") or {}
     run.paper = float(paper[run.task]) if run.task in paper else None
-    run.history = read_history(folder / "metrics.jsonl")
-    results = read_json(folder / "results.json")
+    run.history = opened.metrics
+    results = opened.results
     saved = OmegaConf.to_container(cfg, resolve=False)
     run.settings = settings(saved if isinstance(saved, dict) else {},
                             ((results or {}).get("environment") or {}).get("world_size"))
@@ -134,40 +134,14 @@ def read_run(folder: Path, failed: dict | None) -> Run:
 
         run.step = results.get("steps")
         run.status = "finished" if run.score is not None else "failed"
-        run.error = None if run.score is not None else "results.json holds no evaluation"
+        run.error = None if run.score is not None else f"{run_folder.RESULTS} holds no evaluation"
     else:
-        state = read_json(folder / "state" / "state.json") or {}
-        run.step = (state.get("progress") or {}).get("step") if isinstance(state, dict) else None
+        run.step = run_folder.state_step(folder)
         if failed is not None:
             run.status, run.error = "failed", failed.get("error")
-        elif (folder / "results.json").exists():  # written whole at the end, then damaged: not "unfinished"
+        elif opened.results_damaged:  # written whole at the end, then damaged: not "unfinished"
             run.status = "failed"
-            run.error = f"results.json is damaged (not a JSON object); ptune eval run={folder} re-scores the saved prompt"
+            run.error = (f"{run_folder.RESULTS} is damaged (not a JSON object); ptune eval run={folder} re-scores the "
+                         "saved prompt")
     return run
 
-
-def read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_history(path: Path) -> list[dict]:
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a torn last line of a run that is still writing
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-            continue  # a damaged line: not an evaluation
-        if row.get("task", "avg") == "avg":  # a mixture's per-task rows precede its avg row
-            rows.append(row)
-    return rows

@@ -34,12 +34,10 @@ from rich.markup import escape
 from rich.table import Table
 from torch import Tensor
 
-from ptune import files
+from ptune import files, run_folder
 from ptune.analysis import retrieval
-from ptune.analysis.runs import SKIP
 from ptune.errors import CheckpointError, ConfigError, PtuneError
 
-FOLDED = "folded.safetensors"  # each task's plain prompt (ptune.run.Parts.save_folded)
 METRICS = {"avg_tokens": "cosine of the average tokens, cos(mean_i e1_i, mean_j e2_j)",
            "per_token": "per-token average cosine, mean over all L x L pairs of cos(e1_i, e2_j)"}
 
@@ -85,31 +83,27 @@ def scores(a: Entry, b: Entry) -> dict[str, tuple[float, dict[str, float]]]:
 
 # --- reading runs ---------------------------------------------------------------------------------
 def run_folders(paths: list[str]) -> list[Path]:
-    """Run folders (they hold config.yaml) named or found under ``paths``; a quoted glob is expanded here."""
+    """Run folders named or found under ``paths``; a quoted glob is expanded here."""
     found: dict[Path, Path] = {}
     for given in paths:
         matches = sorted(glob.glob(given)) if glob.has_magic(given) and not Path(given).exists() else [given]
         if not matches or not all(Path(m).is_dir() for m in matches):
             raise ConfigError(f"no such folder: {given}")
         for top in map(Path, matches):
-            configs = [top / "config.yaml"] if (top / "config.yaml").is_file() else sorted(top.rglob("config.yaml"))
-            for cfg in configs:
-                if not SKIP & set(cfg.relative_to(top).parts[:-1]):
-                    found.setdefault(cfg.parent.resolve(), cfg.parent)
+            for folder in [top] if run_folder.is_run(top) else run_folder.find(top):
+                found.setdefault(folder.resolve(), folder)
     return list(found.values())
 
 
 def point(folder: Path, step: int | None) -> Path:
-    if step is None:
-        return folder / FOLDED
-    return folder / "snapshots" / f"step-{step}" / FOLDED
+    """The run's folded prompt (each task's plain prompt: ``Parts.save_folded``) at its best checkpoint or ``step``."""
+    return (folder if step is None else run_folder.snapshot(folder, step)) / run_folder.FOLDED
 
 
 def missing(folder: Path, step: int | None) -> str:
     if step is None:
-        return f"{folder} has no {FOLDED} (not evaluated yet, or a method without a prompt)"
-    have = sorted(int(p.name.split("-", 1)[1]) for p in (folder / "snapshots").glob("step-*")
-                  if p.name.split("-", 1)[1].isdigit()) if (folder / "snapshots").is_dir() else []
+        return f"{folder} has no {run_folder.FOLDED} (not evaluated yet, or a method without a prompt)"
+    have = run_folder.snapshot_steps(folder)
     return (f"{folder} has no snapshot at step {step} (it has: {', '.join(map(str, have)) or 'none'}; "
             "trainer.snapshot_steps keeps them)")
 
@@ -182,11 +176,11 @@ def check_same(target: Entry, source: Entry) -> None:
 
 def load(target: Path, sources: list[str], step: int | None, task: str | None) -> tuple[list[Entry], list[Entry], list[str]]:
     """The target's entries (``task`` picks one), every source run's entries, and the source runs skipped (why)."""
-    if not (target / "config.yaml").is_file():
-        raise ConfigError(f"target {target} is not a run folder (a run folder holds config.yaml)")
+    if not run_folder.is_run(target):
+        raise ConfigError(f"target {target} is not a run folder (a run folder holds {run_folder.CONFIG})")
     folders = [f for f in run_folders(sources) if f.resolve() != target.resolve()]
     if not folders:
-        raise ConfigError(f"no source runs under {', '.join(sources)} (a run folder holds config.yaml)")
+        raise ConfigError(f"no source runs under {', '.join(sources)} (a run folder holds {run_folder.CONFIG})")
     names = labels([target, *folders])
     if not point(target, step).is_file():
         raise ConfigError(f"target {missing(target, step)}")

@@ -35,7 +35,6 @@ The adapter is written into a temporary folder that is renamed to ``out`` at the
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import shutil
 import tempfile
@@ -44,7 +43,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ptune import backbones, files, run, tasks
+from ptune import backbones, files, run_folder, tasks
 from ptune.config import Config
 from ptune.errors import CheckpointError, ConfigError
 from ptune.methods import METHODS
@@ -60,28 +59,29 @@ def export(run_dir: str | Path, out: str | Path | None = None, task: str | None 
     """Write ``run_dir`` as PEFT adapters to ``out`` (default ``<run_dir>-peft``); returns what was written."""
     run_dir = Path(run_dir)
     peft = require_peft()
-    cfg = run.load_config(run_dir)
+    folder = run_folder.open(run_dir)
+    cfg = folder.config
     if task is not None and task not in cfg.task_names:
         raise ConfigError(f"task={task!r} is not a task of {run_dir}; choose one of: {', '.join(cfg.task_names)}")
     out = Path(out) if out is not None else run_dir.with_name(f"{run_dir.name}-peft")
     if out.exists():
         raise ConfigError(f"out={out} already exists; choose another out= or remove it")
     chosen = [task] if task else cfg.task_names
-    adapters = plan(cfg, run_dir, chosen)
+    adapters = plan(cfg, folder, chosen)
     one = len(chosen) == 1
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     os.chmod(tmp, files.dir_mode())  # the renamed folder keeps the user's umask, not mkdtemp's 0700
     try:
         for name, (config, tensors) in adapters.items():
-            folder = tmp if one else tmp / name
-            peft.PeftConfig.from_peft_type(**config).save_pretrained(str(folder))
-            save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})  # PEFT's own metadata
-            (folder / CARD).write_text(card(cfg, run_dir, name, config, out if one else out / name,
-                                                out / CHECKPOINT))
+            where = tmp if one else tmp / name
+            peft.PeftConfig.from_peft_type(**config).save_pretrained(str(where))
+            save_file(tensors, str(where / ADAPTER_WEIGHTS), metadata={"format": "pt"})  # PEFT's own metadata
+            (where / CARD).write_text(card(cfg, folder, name, config, out if one else out / name,
+                                               out / CHECKPOINT))
         if not one:
             (tmp / CARD).write_text(index(cfg, run_dir, chosen))
-        shutil.copytree(run_dir, tmp / CHECKPOINT, ignore=shutil.ignore_patterns(run.LOCK))
+        shutil.copytree(run_dir, tmp / CHECKPOINT, ignore=shutil.ignore_patterns(run_folder.LOCK))
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -98,10 +98,9 @@ def require_peft():
     return peft
 
 
-def plan(cfg: Config, run_dir: Path, chosen: list[str]) -> dict[str, tuple[dict, dict[str, Tensor]]]:
+def plan(cfg: Config, folder: run_folder.RunFolder, chosen: list[str]) -> dict[str, tuple[dict, dict[str, Tensor]]]:
     """Each chosen task's PEFT config and tensors, after every check (nothing is written here)."""
-    cls, m = METHODS[cfg.method.name], cfg.model
-    folded = run_dir / run.FOLDED
+    cls, m, run_dir, folded = METHODS[cfg.method.name], cfg.model, folder.path, folder.folded
 
     def refuse(why: str, instead: str = f"use ptune's own folded checkpoint, {folded} (ptune predict run={run_dir})"):
         raise ConfigError(f"no PEFT export of {run_dir}: {why}; {instead}")
@@ -113,7 +112,7 @@ def plan(cfg: Config, run_dir: Path, chosen: list[str]) -> dict[str, tuple[dict,
         refuse("model.trainable=true trained the backbone's body too, which a PEFT prompt adapter does not carry",
                f"the run folder holds it: ptune predict run={run_dir}")
     if not folded.is_file():
-        raise CheckpointError(f"{run_dir} has no {run.FOLDED} (every saved prompt writes one); train it first")
+        raise CheckpointError(f"{run_dir} has no {run_folder.FOLDED} (every saved prompt writes one); train it first")
     tensors, meta = files.read_tensors(folded)
     layers = sum(1 for k in tensors if k.startswith("encoder.") and k.endswith(".key"))
     deep = any(k.startswith(("encoder.", "decoder.")) for k in tensors)
@@ -126,7 +125,7 @@ def plan(cfg: Config, run_dir: Path, chosen: list[str]) -> dict[str, tuple[dict,
         if deep and layers != sizes["num_layers"]:
             refuse(f"this run prompts {layers} of {m.name}'s {sizes['num_layers']} layers; PEFT's prefix tuning "
                    "prompts every layer")
-    heads = files.read_tensors(run_dir / "prompt.safetensors")[0] if m.family == "bert" else {}
+    heads = files.read_tensors(folder.prompt)[0] if m.family == "bert" else {}
     peft_type = "PREFIX_TUNING" if deep else cls.peft_type
     subs = 2 if m.family == "t5" else 1  # PEFT's num_transformer_submodules: 2 for seq2seq models
     config = {"peft_type": peft_type, "task_type": TASK_TYPES[m.family], "num_virtual_tokens":
@@ -199,8 +198,8 @@ def takes_past(model_class) -> bool:
 
 
 # --- model card -----------------------------------------------------------------------------------------
-def card(cfg: Config, run_dir: Path, task: str, config: dict, where: Path, checkpoint: Path) -> str:
-    results = read_results(run_dir)
+def card(cfg: Config, folder: run_folder.RunFolder, task: str, config: dict, where: Path, checkpoint: Path) -> str:
+    results = folder.results or {}
     m, spec = cfg.model, tasks.get(task)
     base = m.hf_id or m.name
     labels = 1 if spec.head == "regression" else spec.num_labels
@@ -216,7 +215,7 @@ def card(cfg: Config, run_dir: Path, task: str, config: dict, where: Path, check
                        f"{config['num_virtual_tokens']} virtual tokens)"),
             ("metrics", metrics_line(results, task, len(cfg.task_names) > 1)),
             ("ptune", f"{ptune_version()}" + (f" (git {env['git_commit'][:12]})" if env.get("git_commit") else "")),
-            ("trained with", f"`{env['argv']}`" if env.get("argv") else "(unknown: the run has no results.json)")]
+            ("trained with", f"`{env['argv']}`" if env.get("argv") else f"(unknown: the run has no {run_folder.RESULTS})")]
     table = "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
     return f"""---
 base_model: {base}
@@ -247,13 +246,6 @@ def index(cfg: Config, run_dir: Path, chosen: list[str]) -> str:
     return (f"# {cfg.method.name} on {'+'.join(chosen)} ({cfg.model.name}), exported by ptune\n\n"
             f"One PEFT adapter per task (each with its model card):\n\n{lines}\n\n"
             f"The ptune run itself, {run_dir.name}, is in `{CHECKPOINT}/`.\n")
-
-
-def read_results(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "results.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def metrics_line(results: dict, task: str, mixture: bool) -> str:

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ptune import files
+from ptune import files, run_folder
 from ptune.errors import CheckpointError, ConfigError
 
 # PEFT's file names (peft.utils.constants CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME) and its task type for the
@@ -55,11 +55,10 @@ def source_file(init_from: str, step: int | None) -> Path:
     if not path.is_dir():
         raise ConfigError(f"method.init_from={init_from}: no run folder or prompt file there")
     if step is None:
-        return path / "prompt.safetensors"
-    snap = path / "snapshots" / f"step-{step}" / "prompt.safetensors"
+        return path / run_folder.PROMPT
+    snap = run_folder.snapshot(path, step) / run_folder.PROMPT
     if not snap.is_file():
-        have = sorted(int(p.name.split("-", 1)[1]) for p in (path / "snapshots").glob("step-*")) if (
-            path / "snapshots").is_dir() else []
+        have = run_folder.snapshot_steps(path)
         raise ConfigError(f"method.init_from_step={step}: {path} has no snapshot at that step (it has: "
                           f"{', '.join(map(str, have)) or 'none'}; trainer.snapshot_steps keeps them)")
     return snap
@@ -95,7 +94,7 @@ def check(cfg, expected: dict[str, str], sizes: Callable[..., dict] | None = Non
 def peft_folder(init_from: str, task: str | None) -> Path | None:
     """The PEFT adapter folder that ``method.init_from`` names; None for a ptune run folder or prompt file."""
     path = Path(init_from)
-    if not path.is_dir() or (path / "prompt.safetensors").is_file():
+    if not path.is_dir() or (path / run_folder.PROMPT).is_file():
         return None
     if task is not None and (path / task / ADAPTER_CONFIG).is_file():
         return path / task

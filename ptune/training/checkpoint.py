@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ptune.errors import CheckpointError
 from ptune.files import atomic_save_tensors, atomic_write_json, read_tensors
+from ptune.run_folder import STATE_FILE
 
 FORMAT = "ptune-prompt-1"
 
@@ -111,7 +112,7 @@ def save_state(folder: Path, params: dict[str, Tensor], optimizer: dict, progres
         atomic_save_tensors(tmp / "params.safetensors", params)
         atomic_save_tensors(tmp / "optimizer.safetensors", opt_t)
         atomic_save_tensors(tmp / "rng.safetensors", rng_t)
-        atomic_write_json(tmp / "state.json", {"optimizer": opt_meta, "rng": rng_meta, "progress": progress})
+        atomic_write_json(tmp / STATE_FILE, {"optimizer": opt_meta, "rng": rng_meta, "progress": progress})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # no partial state.tmp/ left behind; state/ is untouched
         raise
@@ -126,7 +127,7 @@ def save_state(folder: Path, params: dict[str, Tensor], optimizer: dict, progres
 def latest_state_dir(folder: Path) -> Path | None:
     """``state/``, or ``state.old/`` when a kill fell between the two renames of :func:`save_state`."""
     for cand in (folder, folder.with_name(folder.name + ".old")):
-        if (cand / "state.json").is_file():
+        if (cand / STATE_FILE).is_file():
             return cand
     return None
 
@@ -134,12 +135,12 @@ def latest_state_dir(folder: Path) -> Path | None:
 def load_state(folder: Path) -> tuple[dict[str, Tensor], dict, dict, dict]:
     """(params, optimizer state dict, progress, rng) from a state folder; RNG is restored by the caller."""
     try:
-        meta = json.loads((folder / "state.json").read_text())
+        meta = json.loads((folder / STATE_FILE).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"training state {folder} is unreadable ({err}); delete it to start over") from None
     missing = [k for k in ("optimizer", "progress", "rng") if not isinstance(meta, dict) or k not in meta]
     if missing:
-        raise CheckpointError(f"training state {folder} is unreadable (state.json lacks {', '.join(missing)}); "
+        raise CheckpointError(f"training state {folder} is unreadable ({STATE_FILE} lacks {', '.join(missing)}); "
                               "delete it to start over")
     params, _ = read_tensors(folder / "params.safetensors")
     opt_t, _ = read_tensors(folder / "optimizer.safetensors")

@@ -28,10 +28,14 @@ import atexit
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ptune.training.parts import Parts
 
 BUCKET = 1 << 24  # elements per all-reduce of the gradients (64 MiB in fp32)
 
@@ -177,7 +181,7 @@ class Joint(torch.nn.Module):
 class Trainer:
     """How a rank runs its forward passes and syncs gradients: plain, summed, or through DDP."""
 
-    def __init__(self, parts, world: World):
+    def __init__(self, parts: Parts, world: World):
         self.world = world
         joint = Joint(parts.backbone, parts.method)
         self.ddp = world.parallel and parts.cfg.model.trainable

@@ -17,14 +17,15 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from ptune import files
+from ptune import run_folder
 from ptune.errors import CheckpointError, TrainingError
-from ptune.tasks.collate import collate, eval_batches, iterate, to_device
+from ptune.tasks.collate import Split, collate, eval_batches, iterate, to_device
 from ptune.tasks.mixture import average, mixture_batches, task_score
 from ptune.training import checkpoint as ckpt
 from ptune.training import distributed
 from ptune.training.early_stopping import EarlyStopping
 from ptune.training.optim import build_optimizer, build_scheduler
+from ptune.training.parts import Parts
 from ptune.training.report import Reporter
 from ptune.training.trackers import eval_metrics as tracker_metrics
 
@@ -51,7 +52,7 @@ def catch_signals(flag: dict):
             signal.signal(s, h)
 
 
-def amp_context(parts):
+def amp_context(parts: Parts):
     """CUDA: autocast for bf16 / fp16. CPU: a frozen body is stored in bf16 itself, so no autocast; a
     trainable body keeps fp32 master weights and runs under bf16 autocast."""
     p = parts.cfg.trainer.precision
@@ -65,7 +66,7 @@ def amp_context(parts):
 
 
 @torch.inference_mode()
-def predict(parts, split, batch_size: int, *, with_scores: bool = False, progress=None):
+def predict(parts: Parts, split: Split, batch_size: int, *, with_scores: bool = False, progress=None):
     """Per-example predictions (decoded by the task), in the split's order (batches run length-sorted).
 
     ``with_scores``: returns ``(predictions, scores)``, each example's raw scores beside its prediction: a
@@ -93,7 +94,7 @@ def predict(parts, split, batch_size: int, *, with_scores: bool = False, progres
     return (preds, raw) if with_scores else preds
 
 
-def evaluate(parts, split) -> dict[str, float]:
+def evaluate(parts: Parts, split: Split) -> dict[str, float]:
     world = distributed.current()
     if not world.parallel:
         preds = predict(parts, split, parts.cfg.trainer.eval_batch_size)
@@ -112,7 +113,7 @@ def split_key(split, first: bool) -> str:
     return split.task.name if first else f"{split.task.name}/{split.split}"
 
 
-def evaluate_all(parts, evals=None) -> dict:
+def evaluate_all(parts: Parts, evals: list[Split] | None = None) -> dict:
     """Every task's official metrics on each of its evaluation splits, and their leaderboard average.
 
     One task: that task's metrics, as before mixtures. Several: ``{"avg": ..., "tasks": {key: metrics}}``
@@ -137,7 +138,7 @@ def evaluate_all(parts, evals=None) -> dict:
     return row
 
 
-def fit(parts, console: Console | None = None) -> dict:
+def fit(parts: Parts, console: Console | None = None) -> dict:
     cfg, run_dir = parts.cfg, Path(parts.run_dir)
     tcfg = cfg.trainer
     modules = parts.trainable_modules()
@@ -152,7 +153,7 @@ def fit(parts, console: Console | None = None) -> dict:
     progress = {"step": 0, "epoch": 0, "batch": 0, "wall_time": 0.0, "history": [], "loss_sum": 0.0,
                 "loss_count": 0}
 
-    state_dir = ckpt.latest_state_dir(run_dir / "state") if cfg.resume else None
+    state_dir = ckpt.latest_state_dir(run_dir / run_folder.STATE) if cfg.resume else None
     if state_dir is not None:
         saved, opt_state, progress, rng = ckpt.load_state(state_dir)
         ckpt.load_trainable(modules, saved, state_dir)
@@ -173,7 +174,7 @@ def fit(parts, console: Console | None = None) -> dict:
         rank_rng = distributed.rank_rng(world)  # every rank's RNG (dropout), so a resume replays them all
         if world.main:
             prog = dict(progress, scheduler=scheduler.state_dict(), early_stopping=stopper.state())
-            ckpt.save_state(run_dir / "state", ckpt.trainable_state(modules), optimizer.state_dict(), prog, rank_rng)
+            ckpt.save_state(run_dir / run_folder.STATE, ckpt.trainable_state(modules), optimizer.state_dict(), prog, rank_rng)
 
     reporter = Reporter(console, tcfg, start_step=progress["step"])
     runner = distributed.Trainer(parts, world)
@@ -208,7 +209,7 @@ def fit(parts, console: Console | None = None) -> dict:
                     if stopper.should_stop:
                         stop_reason = "early_stopping"
                 if step in tcfg.snapshot_steps and world.main:  # SPoT's early prompts (ptune similarity --step)
-                    parts.save_prompt(run_dir / "snapshots" / f"step-{step}" / "prompt.safetensors", step=step)
+                    parts.save_prompt(run_folder.snapshot(run_dir, step) / run_folder.PROMPT, step=step)
                 save_now = tcfg.save_every and step % tcfg.save_every == 0
                 if save_now or step % tcfg.eval_every == 0 or step == tcfg.max_steps or flag or stop_reason != "max_steps":
                     progress["wall_time"] = time.perf_counter() - start
@@ -224,7 +225,7 @@ def fit(parts, console: Console | None = None) -> dict:
     return {"stopped": stop_reason, "progress": progress, "best_step": stopper.best_step}
 
 
-def train_step(parts, optimizer, scheduler, scaler, group, params, runner=None) -> float:
+def train_step(parts: Parts, optimizer, scheduler, scaler, group, params, runner=None) -> float:
     """One optimizer step over ``group``: batches of row indices, several for gradient accumulation; a
     batch is ``(task id, rows)`` in a mixture, or the rows alone for the first task. With several ranks
     each takes its shard of every batch (ptune/training/distributed.py); returns this rank's share of
@@ -257,7 +258,7 @@ def train_step(parts, optimizer, scheduler, scaler, group, params, runner=None) 
     return total
 
 
-def record_eval(parts, progress, stopper, modules, start, reporter) -> None:
+def record_eval(parts: Parts, progress, stopper, modules, start, reporter) -> None:
     step = progress["step"]
     metrics = evaluate_all(parts)
     main = metrics[parts.monitor_key()]
@@ -271,19 +272,8 @@ def record_eval(parts, progress, stopper, modules, start, reporter) -> None:
     if not distributed.current().main:
         return
     if improved:
-        parts.save_prompt(run_dir / "prompt.safetensors", step=step)
-    files.atomic_write_text(run_dir / "metrics.jsonl", "".join(_jsonl(r) for r in progress["history"]))
+        parts.save_prompt(run_dir / run_folder.PROMPT, step=step)
+    run_folder.write_metrics(run_dir, progress["history"])
     reporter.evaluation(row, parts, stopper)
     parts.tracker.log_metrics(step, tracker_metrics(row))
 
-
-def _jsonl(row: dict) -> str:
-    """One line per evaluation; a mixture's evaluation is one line per task and split, then its ``avg`` line."""
-    import json
-
-    if "tasks" not in row:
-        return json.dumps(row, sort_keys=True) + "\n"
-    head = {k: row[k] for k in ("step", "epoch")}
-    lines = [dict(head, task=key, **metrics) for key, metrics in row["tasks"].items()]
-    lines.append({k: v for k, v in row.items() if k != "tasks"} | {"task": "avg"})
-    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -15,6 +16,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from ptune.training.parts import Parts
 
 
 class Reporter:
@@ -69,7 +73,7 @@ class Reporter:
                            f"elapsed {clock(elapsed)}" + (f" eta {clock(eta)}" if eta is not None else ""),
                            highlight=False, soft_wrap=True)
 
-    def evaluation(self, row: dict, parts, stopper) -> None:
+    def evaluation(self, row: dict, parts: Parts, stopper) -> None:
         """One table per evaluation: a row per task (and split) with its metrics; mixtures add ``avg``."""
         if self.plain and self.printed != row["step"]:
             self.line(row["step"])

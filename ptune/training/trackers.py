@@ -15,9 +15,10 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from ptune import files
+from ptune import files, run_folder
+from ptune.config import flatten
 from ptune.errors import ConfigError
 from ptune.training import checkpoint as ckpt
 
@@ -31,17 +32,6 @@ class Tracker(Protocol):
 
 def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def flatten(tree: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are values."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}{sep}", sep))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def numbers(tree: dict, prefix: str = "") -> dict[str, float]:
@@ -90,7 +80,7 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         # a resume purges events past the saved state's step (logged before a kill, then trained again)
-        self.writer = SummaryWriter(log_dir=str(Path(lcfg.log_dir) if lcfg.log_dir else run_dir / "tensorboard"),
+        self.writer = SummaryWriter(log_dir=str(Path(lcfg.log_dir) if lcfg.log_dir else run_dir / run_folder.TENSORBOARD),
                                     purge_step=start_step + 1 if start_step else None)
 
     def log_config(self, config: dict) -> None:
@@ -143,7 +133,7 @@ class MlflowTracker:
     """One MLflow run per ptune run in ``logger.tracking_uri`` (null: ``sqlite:///$PWD/mlflow.db``); the
     config as flattened params, metrics with their steps, the final results as metrics and results.json."""
 
-    ID_FILE = "tracker.json"
+    ID_FILE = run_folder.TRACKER
 
     def __init__(self, lcfg, run_dir: Path, experiment: str, start_step: int = 0):
         from mlflow.tracking import MlflowClient
@@ -184,7 +174,7 @@ class MlflowTracker:
 
     def log_results(self, results: dict) -> None:
         self.log_metrics(int(results.get("steps") or 0), results_metrics(results))
-        self.client.log_dict(self.run_id, results, "results.json")
+        self.client.log_dict(self.run_id, results, run_folder.RESULTS)
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
@@ -209,13 +199,8 @@ def check(lcfg) -> None:
 
 def resume_step(cfg, run_dir: Path) -> int:
     """The step a resumed run continues from (its saved state), else 0."""
-    state = ckpt.latest_state_dir(run_dir / "state") if cfg.resume else None
-    if state is None:
-        return 0
-    try:
-        return int(json.loads((state / "state.json").read_text())["progress"]["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0  # the loop reports an unreadable state itself
+    state = ckpt.latest_state_dir(run_dir / run_folder.STATE) if cfg.resume else None
+    return (run_folder.saved_step(state) or 0) if state is not None else 0  # the loop reports an unreadable state itself
 
 
 def build(cfg, run_dir: Path, experiment: str | None = None) -> Tracker:

@@ -103,8 +103,8 @@ def test_against_lr_draws_best_score_per_variant_and_reads_the_method_lr(tmp_pat
 
 
 def test_damaged_metrics_lines_are_skipped_not_a_traceback(tmp_path):
-    from ptune.analysis.runs import read_history
+    from ptune.run_folder import read_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "accuracy": 50.0}\n42\n["a"]\n{"accuracy": 3}\n{"step": "x"}\n{"step": 2, "accuracy": 60')
-    assert read_history(path) == [{"step": 1, "accuracy": 50.0}]
+    assert read_metrics(tmp_path) == [{"step": 1, "accuracy": 50.0}]

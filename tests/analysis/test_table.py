@@ -159,3 +159,13 @@ def test_a_damaged_results_json_is_named_not_called_unfinished(tmp_path, damage)
     assert "60.0 (n=1)" in printed  # the damaged run is not averaged in
     assert "failed: prompt_tuning-rte-tiny-bert-s2" in printed and "results.json is damaged" in printed
     assert "unfinished" not in printed
+
+
+@pytest.mark.parametrize("damage,why", [("method: [unclosed", "is not valid YAML"), ("", "holds no run config")])
+def test_a_damaged_config_yaml_is_a_failed_row_not_a_traceback(tmp_path, damage, why):
+    root = tmp_path / "sweep"
+    make_run(root, "prompt_tuning", "rte", 1, 60.0)
+    broken = make_run(root, "prompt_tuning", "rte", 2, 70.0)
+    (broken / "config.yaml").write_text(damage)
+    printed = " ".join(run_table(root).split())
+    assert "60.0 (n=1)" in printed and "failed: prompt_tuning-rte-tiny-bert-s2" in printed and why in printed

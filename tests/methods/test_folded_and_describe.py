@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from ptune import describe, files, methods
 from ptune.cli import main
 from ptune.methods.base import Folded
-from ptune.run import FOLDED
+from ptune.run_folder import FOLDED
 from tests.conftest import tiny_config
 from tests.methods.common import batch16, method_outputs, outputs, parts_for
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ptune import files, run
+from ptune import files, run, run_folder
 from ptune.cli import main
 from ptune.errors import TrainingError
 from ptune.training import loop
@@ -181,7 +181,7 @@ def test_unreadable_training_state_is_reported_on_resume(capsys, runs, tmp_path)
 
 def test_checkpoints_hold_no_pickle(runs):
     """Every weight file in a run folder is safetensors; nothing is readable only through pickle."""
-    written = [p for p in runs["pt"].rglob("*") if p.is_file() and p.name != run.LOCK]  # the lock holds a pid
+    written = [p for p in runs["pt"].rglob("*") if p.is_file() and p.name != run_folder.LOCK]  # the lock holds a pid
     assert {p.suffix for p in written} <= {".yaml", ".safetensors", ".json", ".jsonl"}
     for p in written:
         if p.suffix == ".safetensors":

@@ -11,7 +11,7 @@ import multiprocessing
 import pytest
 from omegaconf import OmegaConf
 
-from ptune import backbones, run
+from ptune import backbones, run_folder
 from ptune.cli import main
 from tests.conftest import SHARED_DATA
 
@@ -22,7 +22,7 @@ BASE = ["train", "model=tiny-bert", "method=prompt_tuning", "task=sst2", f"data.
 
 def digest(folder) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != run.LOCK}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != run_folder.LOCK}
 
 
 def train(run_dir, *extra) -> int:
@@ -78,7 +78,7 @@ def test_an_early_stopped_run_is_left_untouched(half, capsys):
 
 
 def _hold(run_dir, ready, release):
-    with run.run_lock(run_dir):
+    with run_folder.lock(run_dir):
         ready.set()
         release.wait(60)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ptune import files, run
+from ptune import files, run, run_folder
 from ptune.tasks.collate import iterate, train_batches
 from ptune.training.loop import evaluate, fit, train_step
 from ptune.training.optim import build_optimizer, build_scheduler
@@ -47,7 +47,7 @@ def test_fit_writes_run_folder_with_only_trainable_parameters_and_keeps_backbone
     parts = parts_for(family, "p_tuning_v2", tmp_path, "trainer.max_steps=6", "trainer.eval_every=3",
                       "trainer.batch_size=8")
     body = {k: v.clone() for k, v in parts.backbone.model.state_dict().items()}
-    run.save_config(parts.cfg, parts.run_dir)
+    run_folder.save_config(parts.cfg, parts.run_dir)
     outcome = fit(parts)
     results = run.write_results(parts, outcome)
     d = parts.run_dir
