@@ -19,13 +19,22 @@ them). Each rank runs the whole job on ``cuda:LOCAL_RANK`` (or the CPU, with the
   so every rank computes the same metrics and takes the same early-stopping decision;
 - **files**: only rank 0 writes (config, checkpoints, training state with every rank's RNG, metrics,
   results, sweep.json); a signal on any rank stops all of them at the same step, so a killed run resumes
-  with the same command.
+  with the same command;
+- **a dead launcher**: torchrun forwards SIGTERM and SIGINT to its workers, but a SIGKILLed torchrun (an
+  out-of-memory kill, ``kill -9``, a lost terminal) would leave them training as orphans that hold the run
+  folder's lock. Each rank started by torchrun watches its parent (``watch_launcher``): once it is gone, the
+  rank says so in one line and stops as on SIGTERM (the state is saved at the next step boundary when every
+  rank is still there to agree), and ends itself ``LAUNCHER_GRACE_S`` later if it could not stop cleanly.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import signal
+import sys
+import threading
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -38,6 +47,8 @@ if TYPE_CHECKING:
     from ptune.training.parts import Parts
 
 BUCKET = 1 << 24  # elements per all-reduce of the gradients (64 MiB in fp32)
+LAUNCHER_POLL_S = 1.0  # how often a torchrun worker checks that its launcher is alive
+LAUNCHER_GRACE_S = 60.0  # after that, how long it may take to save and stop before it ends itself
 
 
 @dataclass(frozen=True)
@@ -118,12 +129,44 @@ def export_slurm() -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ  # torchrun's agent sets it for every worker it starts
+
+
+def watch_launcher(poll_s: float = LAUNCHER_POLL_S, grace_s: float = LAUNCHER_GRACE_S) -> threading.Thread:
+    """A daemon thread that stops this process once its parent (the launcher) is gone: SIGTERM to itself
+    (the training loop saves and stops at the next step boundary), then ``os._exit`` after ``grace_s`` if that
+    did not end it (a collective waiting for a rank that died with the launcher). Polling ``getppid`` is
+    portable and, unlike ``PR_SET_PDEATHSIG``, does not fire when the launcher thread that spawned us ends."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        print(f"ptune: rank {os.environ.get('RANK', '?')}: its launcher (pid {parent}) is gone; stopping "
+              "(rerun the same command to resume)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(128 + signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="ptune-launcher-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+_watching = False
+
+
 def setup(device: str) -> World:
     """Join the process group the environment describes (once per process); one process: ``World()``."""
+    global _watching
     export_slurm()
     world = env_world()
     if not world.parallel:
         return world
+    if launched_by_torchrun() and not _watching:
+        watch_launcher()
+        _watching = True
     if not dist.is_initialized():
         cuda = device in ("auto", "cuda") and torch.cuda.is_available()
         if cuda:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptune import files
+from ptune import files, run_folder
 from ptune.training import distributed
 from tests.conftest import REPO, SHARED_DATA
 from tests.training.test_reliability import state_step
@@ -142,6 +142,30 @@ def test_killed_two_process_run_resumes(whole, tmp_path, sig):
     assert not (run_dir / "results.json").exists()
     run(two_processes(run_dir, *STEPS))
     assert_same_run(whole, run_dir)
+
+
+def test_workers_stop_when_torchrun_is_killed_alone(tmp_path):
+    """SIGKILL to torchrun only (its workers get no signal): each rank notices its launcher is gone, says so in
+    one line and stops, so no orphan keeps training or holds the run folder's lock; the state it saved resumes."""
+    run_dir = tmp_path / "run"
+    steps = [*STEPS[:3], "trainer.max_steps=100000", "trainer.eval_every=100000", "trainer.save_every=2"]
+    proc = subprocess.Popen(two_processes(run_dir, *steps), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while state_step(run_dir) < 4 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    workers = descendants(proc.pid)
+    assert len(workers) >= 2
+    proc.kill()  # torchrun alone
+    _, err = proc.communicate(timeout=distributed.LAUNCHER_GRACE_S + 60)  # EOF once every worker has closed stderr
+    time.sleep(1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+             and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    assert alive == [], f"orphaned ranks still running: {alive}"
+    assert err.count("launcher (pid") >= 1, err[-2000:]
+    assert not run_folder.held(run_dir)
+    assert state_step(run_dir) >= 4
 
 
 def test_one_process_world():
