@@ -13,7 +13,7 @@ export HF_HUB_CACHE  ?= $(abspath $(SHARED))/models/hub
 endif
 DATA_ROOT := $(if $(wildcard $(SHARED)/data/hub),data.root=$(SHARED)/data/hub)
 
-.PHONY: help install train sweep-quick test test-latest test-unit lock where lint typecheck bench bench-quick quality clean
+.PHONY: help install train sweep-quick test test-latest venv-latest latest-tests test-unit lock where lint typecheck bench bench-quick quality clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,21 +41,17 @@ where:  ## where `make train` takes data and models from
 test:  ## every test on the locked versions: unit (tiny random-init models) and integration (real CLI, data, model)
 	PTUNE_REQUIRE_PEFT=1 $(PY) -m pytest -q -rs
 
-test-latest:  ## unit tests in .venv-latest, on the newest versions pyproject.toml allows (torch held at 2.13.0); the integration and torchrun tests run once, in `make test`
+test-latest: venv-latest latest-tests  ## unit tests in .venv-latest, on the newest versions pyproject.toml allows (torch held at 2.13.0); the integration and torchrun tests run once, in `make test`
+
+venv-latest:  ## .venv-latest from scratch: the newest versions pyproject.toml allows (torch held at 2.13.0)
 	rm -rf .venv-latest
 	python3 -m venv .venv-latest
 	.venv-latest/bin/python -m pip install -q --upgrade pip
 	.venv-latest/bin/python -m pip install -q $(TORCH)
 	$(EDITABLE) .venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]" $(TORCH)
+
+latest-tests:  ## the unit tests in an existing .venv-latest (make venv-latest builds it)
 	.venv-latest/bin/python -m pytest -q -rs -m "not integration and not multiprocess"
-
-sweep-quick:  ## a 2x2 grid (methods x seeds) on a tiny random model, then its table and plot
-	.venv/bin/ptune train -m model=tiny-bert method=prompt_tuning,p_tuning_v2 task=rte seed=1,2 \
-		data.root=$(SHARED)/data/hub data.train_limit=64 data.eval_limit=64 trainer.max_steps=20 \
-		trainer.eval_every=5 trainer.progress=false hydra.sweep.dir=multirun/quick
-	.venv/bin/ptune table multirun/quick
-	.venv/bin/ptune plot multirun/quick
-
 
 test-unit:  ## unit tests only (about 12 min on 2 cores)
 	$(PY) -m pytest -q -m "not integration"

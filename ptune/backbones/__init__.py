@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -116,11 +117,7 @@ def preflight(cfg: ModelConfig, places: str, prompt_length: int) -> None:
                          "place prompts in; choose a BERT-family or T5 model")
     check_new_layers(cfg)
     if cfg.hf_id or cfg.tokenizer_id:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_id or cfg.hf_id)
-        except OSError as err:
-            raise _not_found(cfg, err) from None
-        check_tokenizer(cfg, config, tokenizer)
+        check_tokenizer(cfg, config, load_tokenizer(cfg))
     if is_t5:
         return  # relative position buckets: no position table to overflow
     limit = getattr(config, "max_position_embeddings", None)
@@ -136,6 +133,20 @@ def preflight(cfg: ModelConfig, places: str, prompt_length: int) -> None:
         fix = f"model.max_length<={limit - extra}" + (" or a shorter prompt" if extra else "")
         raise ConfigError(f"model.max_length={cfg.max_length}{what} needs {cfg.max_length + extra} positions, but "
                           f"{cfg.hf_id or cfg.name} has {limit}; use {fix}")
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name: str):
+    return AutoTokenizer.from_pretrained(name)
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The model's tokenizer (``model.tokenizer_id``, else its hub id), read once per process: preflight checks
+    it before the weights load and the backbone then uses the same object (ptune never changes a tokenizer)."""
+    try:
+        return _tokenizer(cfg.tokenizer_id or cfg.hf_id)
+    except OSError as err:
+        raise _not_found(cfg, err) from None
 
 
 def sizes(cfg: ModelConfig) -> dict:
@@ -189,8 +200,8 @@ def load(
     device = device or torch.device("cpu")
     hf_logging.disable_progress_bar()  # ptune prints its own progress
     attn = attention.implementation(attn_implementation(cfg, device, precision))  # deep prompts' entry
+    tokenizer = load_tokenizer(cfg)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_id or cfg.hf_id)
         model = _load_model(cfg, torch.float32 if cfg.trainable else DTYPES[precision], attn)
     except OSError as err:
         raise _not_found(cfg, err) from None
@@ -206,8 +217,8 @@ def skeleton(cfg: ModelConfig, tasks: list[Task]) -> tuple[Backbone, int]:
     methods that initialise from them. Returns the backbone and the body's parameter count."""
     if cfg.family not in BUILDERS:
         raise unknown("model family", cfg.family, BUILDERS)
+    tokenizer = load_tokenizer(cfg)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_id or cfg.hf_id)
         config = _model_config(cfg)
     except OSError as err:
         raise _not_found(cfg, err) from None
