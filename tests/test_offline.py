@@ -88,3 +88,28 @@ def test_the_probe_asks_with_its_timeout_and_counts_only_an_answer(monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", refused)
     assert offline.hub_reachable() is True  # an HTTP error is still the hub answering
+
+
+def test_a_model_download_is_announced_once_and_only_when_it_happens(monkeypatch, tmp_path):
+    """The weights of a model not in the cache come over the network after one line saying so; a cached model,
+    an offline run, a local folder and a random-init model say nothing."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from ptune.backbones import announce_download
+    from ptune.config import ModelConfig
+
+    cached: dict[str, str] = {}
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: cached.get(f"{repo}/{name}"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    said: list[str] = []
+    cfg = ModelConfig(name="big", hf_id="org/big-model", family="t5")
+    assert announce_download(cfg, said.append)
+    assert len(said) == 1 and "org/big-model" in said[0] and "HF_HUB_OFFLINE=1" in said[0]
+    cached["org/big-model/model.safetensors.index.json"] = "/cache/index.json"  # a sharded checkpoint, cached
+    assert not announce_download(cfg, said.append)
+    assert not announce_download(ModelConfig(name="local", hf_id=str(tmp_path), family="bert"), said.append)
+    assert not announce_download(ModelConfig(name="tiny", hf_id=None, family="bert", random_init=True), said.append)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert not announce_download(ModelConfig(name="other", hf_id="org/other", family="bert"), said.append)
+    assert len(said) == 1

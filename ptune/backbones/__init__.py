@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -190,6 +192,24 @@ def _load_model(cfg: ModelConfig, dtype: torch.dtype, attn: str):
     return model
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # one file, or a sharded checkpoint's index
+
+
+def announce_download(cfg: ModelConfig, say=lambda line: print(line, file=sys.stderr)) -> bool:
+    """Say in one line that the weights are about to come over the network (transformers' progress bars are
+    off, so a first download of a large model would otherwise be minutes of silence); True when it said so.
+    Nothing is said offline, for a local folder, a random-init model or weights already in the hub cache."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if cfg.random_init or not cfg.hf_id or constants.HF_HUB_OFFLINE or Path(cfg.hf_id).is_dir():
+        return False
+    if any(isinstance(try_to_load_from_cache(cfg.hf_id, name), str) for name in WEIGHT_FILES):
+        return False
+    say(f"ptune: downloading {cfg.hf_id} from the Hugging Face hub into {constants.HF_HUB_CACHE} (once; its own "
+        "timeouts bound each request; HF_HUB_OFFLINE=1 uses the local cache only)")
+    return True
+
+
 def load(
     cfg: ModelConfig, tasks: list[Task], precision: str = "fp32", device: torch.device | None = None
 ) -> Backbone:
@@ -201,6 +221,7 @@ def load(
     hf_logging.disable_progress_bar()  # ptune prints its own progress
     attn = attention.implementation(attn_implementation(cfg, device, precision))  # deep prompts' entry
     tokenizer = load_tokenizer(cfg)
+    announce_download(cfg)
     try:
         model = _load_model(cfg, torch.float32 if cfg.trainable else DTYPES[precision], attn)
     except OSError as err:

@@ -16,6 +16,7 @@ checked against the task's schema (``ptune/tasks/schema.py``) file by file, befo
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,8 @@ def _hub_table(hub_id: str, config: str, split: str, limit: int | None) -> Any:
     import datasets
 
     spec = split if limit is None else f"{split}[:{limit}]"
+    print(f"ptune: reading {hub_id}/{config} split {split!r} through the Hugging Face hub (datasets' cache after the "
+          f"first time; data.root= reads local parquet files instead)", file=sys.stderr)
     try:
         dataset = datasets.load_dataset(hub_id, config, split=spec)
     except (OSError, ValueError) as err:  # ConnectionError, DatasetNotFoundError, unknown split

@@ -89,6 +89,15 @@ def test_hub_failure_is_a_one_line_data_error(monkeypatch):
     assert "\n" not in message and "aps/super_glue/boolq" in message and ENV_ROOT in message
 
 
+def test_reading_from_the_hub_is_announced_in_one_line(monkeypatch, capsys):
+    """Nothing waits silently: a split read over the network says so first, and how to read local files instead."""
+    monkeypatch.delenv(ENV_ROOT, raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list([{"idx": 0}]))
+    load_rows("nyu-mll/glue", "rte", "train")
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "nyu-mll/glue/rte" in said[0] and "data.root=" in said[0]
+
+
 def test_hub_is_asked_for_the_limited_split(monkeypatch):
     monkeypatch.delenv(ENV_ROOT, raising=False)
     calls = []
