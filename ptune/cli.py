@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from ptune import sweep
-from ptune.config import PRIMARY, check_unique, load
+from ptune.config import PRIMARY, check_unique, load, load_methods
 from ptune.errors import ConfigError, PtuneError
 
 USAGE = """ptune <command> ...     (ptune --version)
@@ -76,6 +76,7 @@ def cmd_train(args: list[str]) -> int:
     if not (flags.help or flags.hydra_help or flags.shell_completion or flags.config_path or flags.config_dir
             or flags.config_name):
         multirun = sweep.check(flags.overrides, flags.multirun)
+    load_methods()  # the schemas the YAMLs extend (and plugins' methods) reach Hydra's ConfigStore before it composes
     argv, sys.argv = sys.argv, ["ptune train", *hydra_argv(flags)]
     try:
         hydra_train()

@@ -5,8 +5,9 @@ Hydra composes ``configs/`` (shipped as ``ptune.configs``) into a DictConfig, th
 the dataclasses below with ``OmegaConf.structured`` + ``merge`` (wrong types fail there, naming the key),
 then :func:`validate` checks ranges. Method configs are looked up by name in ``METHOD_CONFIGS`` (each
 method module registers its own; :func:`load_methods` imports ptune's and every ``ptune.methods`` entry point),
-so adding a method never edits this file. Every mistake is a
-one-line :class:`ConfigError`.
+so adding a method never edits this file. The dataclasses hold every default: :func:`register_schemas` stores
+them in Hydra's ConfigStore as ``<group>_schema``, which each YAML of ``configs/`` extends, holding only what
+differs. Every mistake is a one-line :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from ptune.errors import ConfigError
 
@@ -30,7 +31,7 @@ class MethodConfig:
     name: str = "prompt_tuning"
     num_virtual_tokens: int = 20
     lr: float = 0.3  # the paper's learning rate; used when optimizer.lr is null
-    per_task: bool = False  # multi-task runs: one prompt per task (methods that are not task-aware)
+    per_task: bool = False  # mixtures: one prompt per task instead of one shared prompt (methods not task-aware)
     # fan_in: a generator weight of fan-in n trains at lr / n, so lr is how fast the prompt itself moves under
     # Adam, for every method (PromptMethod.param_groups); none: one lr for every parameter (the papers' code)
     lr_scaling: str = "fan_in"
@@ -38,7 +39,7 @@ class MethodConfig:
     # a prompt.safetensors-format file such as `ptune similarity`'s weighted average); heads are never copied
     init_from: str | None = None
     init_from_task: str | None = None  # a multi-task source: the task whose prompt to take
-    init_from_step: int | None = None  # the source's snapshot at that step (trainer.snapshot_steps); null: its best
+    init_from_step: int | None = None  # the source's snapshot at that step (trainer.snapshot_steps); null: its best checkpoint
 
 
 @dataclass
@@ -57,7 +58,7 @@ class ModelConfig:
     max_target_length: int = 8
     dropout: float | None = None  # null: the model's own dropout
     attn_implementation: str = "auto"  # auto | eager | sdpa
-    prompt_position: str = "start"  # bert only: start (before [CLS], as PEFT) | after_cls
+    prompt_position: str = "start"  # bert only: start (before [CLS], as PEFT and P-Tuning v2) | after_cls
     # bert only: classifier (a trained head on the pooled first token) | mlm (the cloze form: a [MASK] before
     # the final [SEP], scored by the frozen masked-LM head's logits of each label word; P-Tuning's form)
     head: str = "classifier"
@@ -77,18 +78,18 @@ class TaskConfig:
     """One task of a run, keyed by its name under ``task`` (``task=rte``, ``task=[rte,mrpc]``, ``task=glue``)."""
 
     weight: float = 1.0  # multiplies the task's data.sampling rate in a mixture
-    train_limit: int | None = None  # null: data.train_limit
+    train_limit: int | None = None  # a cap on this task's training rows; null: data.train_limit
     eval_limit: int | None = None  # null: data.eval_limit
     eval_splits: list[str] | None = None  # null: [data.eval_split]; MNLI in task=glue: matched and mismatched
 
 
 @dataclass
 class DataConfig:
-    root: str | None = None  # local hub-layout folder; null: $PTUNE_DATA_DIR, else the hub
+    root: str | None = None  # local hub-layout folder (<root>/nyu-mll/glue/sst2/...); null: $PTUNE_DATA_DIR, else the hub
     train_limit: int | None = None
     eval_limit: int | None = None
     eval_split: str = "validation"
-    sampling: str = "proportional"  # mixtures: proportional | temperature | equal (ptune/tasks/mixture.py)
+    sampling: str = "proportional"  # mixtures (task=[rte,mrpc], task=glue): proportional | temperature | equal (ptune/tasks/mixture.py)
     temperature: float = 1.0  # sampling=temperature: task i drawn with probability ~ n_i ** (1 / T)
     sampling_cap: int | None = None  # T5's K: rates from min(n_i, K)
 
@@ -115,12 +116,15 @@ class TrainerConfig:
     eval_every: int = 100
     log_every: int = 10
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    group_by_length: bool = False  # opt-in: faster, but cost accuracy on SST-2 at lr 0.3 (docs/results.md)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only)
+    # true: length-grouped shuffled batches, ~2x faster epochs on CPU, but they cost accuracy at high lr (SST-2 at
+    # lr 0.3, docs/results.md), so opt-in
+    group_by_length: bool = False
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int | None = None
     save_every: int | None = None  # training-state checkpoints; null: at each evaluation
-    snapshot_steps: list[int] = field(default_factory=list)  # keep the prompt at these steps: snapshots/step-<N>/
+    # keep the prompt (prompt + folded .safetensors) at these steps in snapshots/step-<N>/ (SPoT's early prompts)
+    snapshot_steps: list[int] = field(default_factory=list)
     progress: bool = True
     log_seconds: float = 30.0  # output not a terminal (nohup, SLURM, `> log`): a plain progress line this often
     monitor: str | None = None  # early stopping and the best checkpoint: a task's main metric or avg; null: the
@@ -134,7 +138,8 @@ class LoggerConfig:
     name: str = "none"  # none | tensorboard | mlflow
     experiment: str | None = None  # mlflow: null: the sweep folder's name in a sweep, else the run folder's
     log_dir: str | None = None  # tensorboard: null: <run_dir>/tensorboard
-    tracking_uri: str | None = None  # mlflow: null: sqlite:///$PWD/mlflow.db (artifacts in ./mlruns); or http://host:5000
+    # mlflow: null: sqlite:///$PWD/mlflow.db (artifacts in ./mlruns); or http://host:5000, file:...
+    tracking_uri: str | None = None
 
 
 @dataclass
@@ -142,7 +147,7 @@ class PaperConfig:
     """Published numbers ``ptune table`` prints beside ours (the reproduction presets fill these)."""
 
     source: str | None = None  # e.g. "Lester et al. 2021, Table 1"
-    scores: dict[str, float] = field(default_factory=dict)  # task name -> the paper's main metric
+    scores: dict[str, float] = field(default_factory=dict)  # task name -> the paper's main metric: {rte: 67.9}
 
 
 @dataclass
@@ -217,13 +222,35 @@ def load_methods() -> dict[str, type[MethodConfig]]:
             raise ConfigError(f"method plugin {ep.name!r} ({ep.value}) failed to import: "
                               f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
     _methods_loaded = True
+    register_schemas()
+    return METHOD_CONFIGS
+
+
+# each group's schema, stored in Hydra's ConfigStore as <group>_schema (a top-level name, so `ptune train --help`
+# lists no schema among the groups): a group's YAML extends it
+# (``defaults: [/model_schema@_here_, _self_]``) and holds only what differs, so a default lives in the dataclass
+SCHEMAS: dict[str, type] = {"model": ModelConfig, "task": TaskConfig, "optimizer": OptimizerConfig,
+                            "trainer": TrainerConfig, "logger": LoggerConfig}
+RUN_KEYS = ("seed", "output_dir", "run_dir", "resume", "data", "paper")  # Config's own keys: configs/config.yaml's
+
+
+def register_schemas() -> None:
+    """Offer every schema to Hydra before it composes (load_methods calls this, and so before any composing):
+    ``<group>_schema`` for model, task, optimizer, trainer and logger, ``run_schema`` for the root config's own keys
+    (seed, output_dir, run_dir, resume, data, paper), ``method_<name>_schema`` for each registered method. A method
+    that brings no YAML in ``configs/method/`` is also offered as ``method/<name>`` (its dataclass's defaults)."""
     from hydra.core.config_store import ConfigStore
 
+    store = ConfigStore.instance()
+    for group, schema in SCHEMAS.items():
+        store.store(name=f"{group}_schema", node=schema)
+    store.store(name="run_schema", node=OmegaConf.masked_copy(OmegaConf.structured(Config), list(RUN_KEYS)))
     with_yaml = {p.stem for p in (configs_folder() / "method").glob("*.yaml")}
     for name, schema in METHOD_CONFIGS.items():
+        node = OmegaConf.structured(schema(name=name))
+        store.store(name=f"method_{name}_schema", node=node)
         if name not in with_yaml:
-            ConfigStore.instance().store(group="method", name=name, node=OmegaConf.structured(schema(name=name)))
-    return METHOD_CONFIGS
+            store.store(group="method", name=name, node=node)
 
 CHOICES = {
     "model.family": ("bert", "t5"),
@@ -436,6 +463,10 @@ def missing_option(err: MissingConfigException) -> ConfigError:
 
 
 def hydra_error(err: Exception) -> ConfigError:
+    cause = err if isinstance(err, ValidationError) else err.__cause__
+    if isinstance(cause, ValidationError) and cause.full_key:  # a YAML's schema types its keys as Hydra composes
+        first = str(cause).splitlines()[0]
+        return ConfigError(f"{cause.full_key}={cause.value!r} has the wrong type: {first}")
     text = str(err)
     bad = re.search(r"Could not override '([^']+)'", text)
     if bad:
@@ -453,6 +484,9 @@ def to_config(raw: DictConfig) -> Config:
     """DictConfig -> typed Config; a wrong type fails naming the key, the value and the expected type."""
     load_methods()
     raw = OmegaConf.masked_copy(raw, [str(k) for k in raw if k != "hydra"]) if "hydra" in raw else raw
+    # plain values: a composed node carries its schema's type (<group>_schema), which would let a key added with
+    # +model.foo=1 pass the merge below unnoticed
+    raw = OmegaConf.create(OmegaConf.to_container(raw))
     task = raw.get("task")
     if isinstance(task, DictConfig) and isinstance(task.get("name"), str):  # a run folder from before mixtures
         raw = OmegaConf.merge(OmegaConf.masked_copy(raw, [str(k) for k in raw if k != "task"]),

@@ -86,14 +86,15 @@ STACKS = ("both", "encoder", "decoder")
 class HyperPromptConfig(MethodConfig):
     name: str = "hyperprompt"
     num_virtual_tokens: int = 16  # l: hyper-prompt length
-    variant: str = "global"  # share | sep | global
-    bottleneck: int = 16  # b
+    variant: str = "global"  # share | sep | global (the paper's Figure 2)
+    bottleneck: int = 16  # b: local hypernetworks' down/up projection size
     task_embedding_dim: int = 32  # t' (global)
     layer_embedding_dim: int = 32  # t'' (global)
     embedding_hidden_size: int = 64  # e: h's hidden size (global)
     layer_task_embedding_dim: int = 32  # t: size of I = h(k_t, z_m) (global)
     stacks: str = "both"  # both | encoder | decoder (T5); BERT-family: both / encoder
-    lr: float = 3e-2  # with lr_scaling=fan_in; the search in docs/results.md
+    lr: float = 3e-2  # with lr_scaling=fan_in: the search on MiniLM in docs/results.md
+    # per_task is ignored: this method conditions on the task id itself
 
     def check(self) -> None:
         for key, choices in (("variant", VARIANTS), ("stacks", STACKS)):

@@ -34,6 +34,7 @@ class ModelTuningConfig(MethodConfig):
     name: str = "model_tuning"
     num_virtual_tokens: int = 0  # no prompt
     lr: float = 5e-5
+    # per_task must stay false: there is no prompt (BERT-family tasks keep their own heads)
     trains_body: ClassVar[bool] = True
 
     def check(self) -> None:

@@ -64,13 +64,15 @@ from ptune.methods.prompt_tuning import PromptTuningConfig, initial_prompt
 class PTuningConfig(MethodConfig):
     name: str = "p_tuning"
     num_virtual_tokens: int = 20
-    encoder: str = "lstm"  # lstm (the paper's) | mlp (PEFT's)
+    encoder: str = "lstm"  # lstm (the paper's bidirectional LSTM + MLP) | mlp (PEFT's)
     encoder_hidden_size: int | None = None  # null: lstm d/2 per direction (official code), mlp d (PEFT)
     encoder_num_layers: int = 2  # lstm only
     encoder_dropout: float = 0.0  # lstm only, between layers (PEFT's default)
-    split: int | None = None  # BERT family: this many tokens before the input, the rest after it; null: all before
-    residual: bool = False  # true: tokens = e + encoder(e), starting as a plain prompt (measured: no better)
-    lr: float = 3e-2  # with lr_scaling=fan_in; the search in docs/results.md
+    # BERT family: this many tokens before the input, the rest after it (before [MASK] / the final [SEP]); null: all
+    # before
+    split: int | None = None
+    residual: bool = False  # true: tokens = e + encoder(e), starting as a plain prompt (no better: docs/methods.md)
+    lr: float = 3e-2  # with lr_scaling=fan_in: the search on MiniLM in docs/results.md
 
     def check(self) -> None:
         if self.encoder not in ENCODERS:

@@ -24,7 +24,9 @@ class PrefixTuningConfig(PTuningV2Config):
     name: str = "prefix_tuning"
     reparameterize: bool = True
     prefix_dropout: float = 0.0
-    lr: float = 3e-2  # with lr_scaling=fan_in; the search in docs/results.md
+    # with lr_scaling=fan_in (the MLP at lr / fan-in): the search on MiniLM in docs/results.md (80.2 over 3 seeds;
+    # 1e-2: 77.8)
+    lr: float = 3e-2
 
 
 @register("prefix_tuning", PrefixTuningConfig)

@@ -39,7 +39,7 @@ INITS = ("random_uniform", "vocab_sample", "class_labels", "text", "random_norma
 class PromptTuningConfig(MethodConfig):
     name: str = "prompt_tuning"
     num_virtual_tokens: int = 20
-    init: str = "random_uniform"
+    init: str = "random_uniform"  # random_uniform | vocab_sample | class_labels | text
     init_text: str | None = None
     lr: float = 0.3
 

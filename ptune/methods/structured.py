@@ -74,13 +74,14 @@ class StructuredConfig(MethodConfig):
     hypernetwork: str = "low_rank"  # linear | low_rank | mlp
     rank: int = 16  # low_rank
     hidden_size: int = 256  # mlp
-    task_embedding_dim: int | None = None  # null: the backbone's hidden size
-    init: str = "random"  # random | description
+    task_embedding_dim: int | None = None  # null: the backbone's hidden size (needed by init=description)
+    init: str = "random"  # random (N(0, 1)) | description (mean word embedding of each task's description)
     # the generated prompt at step 0: a prompt_tuning init (random_uniform | vocab_sample | class_labels |
     # random_normal) held in the generator's last bias, its last weight zero; generator: PyTorch's default init
     prompt_init: str = "random_uniform"
     task_descriptions: list[str] | None = None  # init=description: one per task; null: from label words
-    lr: float = 0.1  # with lr_scaling=fan_in; the search in docs/results.md
+    lr: float = 0.1  # with lr_scaling=fan_in: the search on MiniLM in docs/results.md
+    # per_task is ignored: this method conditions on the task id itself
 
     def check(self) -> None:
         if self.hypernetwork not in GENERATORS:

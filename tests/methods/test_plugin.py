@@ -62,6 +62,7 @@ def toy_plugin(tmp_path, monkeypatch):
     for registry in (methods.METHODS, config.METHOD_CONFIGS):
         registry.pop("toy_prompt", None)
     ConfigStore.instance().repo.get("method", {}).pop("toy_prompt.yaml", None)
+    ConfigStore.instance().repo.pop("method_toy_prompt_schema.yaml", None)
     sys.modules.pop("toy_method_pkg", None)
 
 
