@@ -16,13 +16,10 @@ from ptune.methods.base import KeysValues, Prompt
 
 def summary(cfg: Config) -> dict:
     """Parameter counts and injection sites of ``cfg``'s method on ``cfg``'s backbone shapes."""
-    from ptune.run import verbalizers
-
     run_tasks = [tasks.get(n) for n in cfg.task_names]
     torch.manual_seed(cfg.seed)
     backbone, body = backbones.skeleton(cfg.model, run_tasks)
-    infos = [methods.TaskInfo(t.name, verbalizers(t), tasks.DESCRIPTIONS.get(t.name, "")) for t in run_tasks]
-    method = methods.build(cfg.method, backbone.dims(), [i.label_words for i in infos], infos)
+    method = methods.build_for(cfg.method, backbone.dims(), run_tasks)
     method.eval()
     with torch.no_grad():
         prompt = method(torch.arange(len(run_tasks)))

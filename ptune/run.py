@@ -79,8 +79,7 @@ def build(cfg: Config, *, train: bool = True, examples: dict[str, list] | None =
     if hasattr(backbone, "heads"):
         for head in backbone.heads.values():
             head.classifier.reset_parameters()
-    infos = [methods.TaskInfo(t.name, verbalizers(t), tasks.DESCRIPTIONS.get(t.name, "")) for t in run_tasks]
-    method = methods.build(cfg.method, backbone.dims(), [i.label_words for i in infos], infos).to(device)
+    method = methods.build_for(cfg.method, backbone.dims(), run_tasks).to(device)
     tok, fam, m = backbone.tokenizer, cfg.model.family, cfg.model
 
     def feats(task_id: int, rows: list, split: str) -> Split:
@@ -148,10 +147,6 @@ def load_data(cfg: Config, run_tasks: list[Task], train: bool, examples: dict | 
             for split, ex in rows["eval"].items():
                 check_labelled(task, ex, Place(f"task {task.name!r} split {split!r}"), "some")
     return out
-
-
-def verbalizers(task: Task) -> list[str]:
-    return [name.replace("_", " ") for name in task.label_names]
 
 
 # --- one run --------------------------------------------------------------------------------------

@@ -261,7 +261,7 @@ def skeleton(cfg: ModelConfig, tasks: list[Task]) -> tuple[Backbone, int]:
 BUILDERS: dict[str, Callable[..., Backbone]] = {
     "bert": lambda model, tok, tasks, cfg: BertBackbone(
         model, tok, {t.name: (t.head, t.num_labels) for t in tasks}, cfg.prompt_position,
-        {t.name: [n.replace("_", " ") for n in t.label_names] for t in tasks} if cfg.head == "mlm" else None,
+        {t.name: t.label_words for t in tasks} if cfg.head == "mlm" else None,
     ),
     "t5": lambda model, tok, tasks, cfg: T5Backbone(model, tok),
 }

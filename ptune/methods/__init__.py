@@ -11,6 +11,8 @@ from collections.abc import Callable
 from ptune.config import METHOD_CONFIGS, MethodConfig, load_methods
 from ptune.errors import ConfigError, unknown
 from ptune.methods.base import BackboneDims, PerTask, Prompt, PromptMethod, TaskInfo
+from ptune.tasks import DESCRIPTIONS
+from ptune.tasks.base import Task
 
 METHODS: dict[str, type[PromptMethod]] = {}
 
@@ -40,6 +42,17 @@ def build(cfg: MethodConfig, dims: BackboneDims, label_words: list[list[str]],
     if getattr(cfg, "per_task", False) and not cls.task_aware and len(label_words) > 1:
         return PerTask(cls, cfg, dims, label_words, tasks)
     return cls(cfg, dims, label_words, tasks)
+
+
+def task_info(task: Task) -> TaskInfo:
+    """What a method knows of a task (its name, label words and description): the one place a task becomes it."""
+    return TaskInfo(task.name, task.label_words, DESCRIPTIONS.get(task.name, ""))
+
+
+def build_for(cfg: MethodConfig, dims: BackboneDims, run_tasks: list[Task]) -> PromptMethod:
+    """``build`` for a run's tasks (task id i = ``run_tasks[i]``): training, ``describe`` and predict use it."""
+    infos = [task_info(t) for t in run_tasks]
+    return build(cfg, dims, [i.label_words for i in infos], infos)
 
 
 def variants() -> list[tuple[str, tuple[str, ...]]]:

@@ -66,6 +66,12 @@ class Task:
         return ()
 
     @property
+    def label_words(self) -> list[str]:
+        """The words each class is said as (``not_entailment`` -> "not entailment"): what a method initialises
+        prompts from and the cloze form scores; empty for regression."""
+        return [name.replace("_", " ") for name in self.label_names]
+
+    @property
     def num_labels(self) -> int:
         """Output units of an encoder head: classes, 1 for regression and multiple choice."""
         if self.head in ("regression", "multiple_choice"):
