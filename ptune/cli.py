@@ -41,6 +41,7 @@ commands:
   predict    a saved run's predictions (label, per-class scores) for a .jsonl/.csv/.parquet file, or for a
              task's split (test splits are unlabelled):   ptune predict run=outputs/<run> input=rows.jsonl
              [out=preds.csv] [task=<one of a mixture's>] | ptune predict run=outputs/<run> data.eval_split=test
+             several runs of one backbone, rows naming their task:  ptune predict run=[A,B] input=rows.jsonl
   export     a saved run as Hugging Face PEFT adapters (PeftModel.from_pretrained loads them), with a model
              card and the run beside them:   ptune export run=outputs/<run> format=peft [out=DIR] [task=NAME]
   describe   the resolved config, then the method's trainable parameters (share of the backbone) and
@@ -155,10 +156,31 @@ def cmd_predict(overrides: list[str]) -> int:
     if "run" not in given:
         raise ConfigError("ptune predict needs run=<run folder>, e.g. ptune predict run=outputs/<run> input=rows.jsonl")
     rest = [o for o in overrides if not o.startswith(("run=", "input=", "out=", "task="))]
+    paths = several_runs(given["run"])
+    if paths:
+        from ptune import pool
+
+        if "task" in given:
+            raise ConfigError("task= picks a task of one run; with several runs each row names its task in a 'task' "
+                              "column")
+        print(json.dumps(pool.command(paths, given.get("input"), given.get("out"), rest, Console(stderr=True))))
+        return 0
     done = predict.command(Path(given["run"]), given.get("input"), given.get("out"), given.get("task"), rest,
                            Console(stderr=True))
     print(json.dumps(done))
     return 0
+
+
+def several_runs(run: str) -> list[str] | None:
+    """``run=[A,B,...]``, or a folder holding runs (a sweep): the run or sweep folders; None: one run folder."""
+    from ptune import run_folder
+
+    if run.startswith("[") and run.endswith("]"):
+        return [p.strip() for p in run[1:-1].split(",") if p.strip()]
+    folder = Path(run)
+    if folder.is_dir() and not run_folder.is_run(folder) and next(run_folder.find(folder), None) is not None:
+        return [run]
+    return None
 
 
 def cmd_export(args: list[str]) -> int:
