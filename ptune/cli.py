@@ -42,6 +42,9 @@ commands:
              task's split (test splits are unlabelled):   ptune predict run=outputs/<run> input=rows.jsonl
              [out=preds.csv] [task=<one of a mixture's>] | ptune predict run=outputs/<run> data.eval_split=test
              several runs of one backbone, rows naming their task:  ptune predict run=[A,B] input=rows.jsonl
+  serve      many runs of one backbone behind an HTTP JSON API (POST /predict: rows of any of their tasks,
+             mixed in one batch; GET /runs, /health, /docs; needs the serve extra): ptune serve RUN_OR_SWEEP_DIR...
+             [host=127.0.0.1] [port=8000] [max_batch=32] [max_wait_ms=5]   (docs/serve.md)
   export     a saved run as Hugging Face PEFT adapters (PeftModel.from_pretrained loads them), with a model
              card and the run beside them:   ptune export run=outputs/<run> format=peft [out=DIR] [task=NAME]
   describe   the resolved config, then the method's trainable parameters (share of the backbone) and
@@ -201,6 +204,13 @@ def cmd_export(args: list[str]) -> int:
     return 0
 
 
+def cmd_serve(args: list[str]) -> int:
+    """Many runs over one frozen backbone behind an HTTP API (ptune/serve.py)."""
+    from ptune import serve
+
+    return serve.command(args)
+
+
 def cmd_describe(overrides: list[str]) -> int:
     """The resolved config, then (as YAML comments) the method's parameter counts and injection sites."""
     from ptune import describe
@@ -319,9 +329,9 @@ def cmd_similarity(args: list[str]) -> int:
                            Console(width=None if sys.stdout.isatty() else 200))
 
 
-LOADS_MODELS = ("train", "eval", "predict", "describe", "export")  # the commands that may reach the hub
-COMMANDS = {"runs": cmd_runs, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
-            "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot, "similarity": cmd_similarity}
+LOADS_MODELS = ("train", "eval", "predict", "describe", "export", "serve")  # the commands that may reach the hub
+COMMANDS = {"runs": cmd_runs, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "serve": cmd_serve,
+            "export": cmd_export, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot, "similarity": cmd_similarity}
 
 
 def main(argv: list[str] | None = None) -> int:

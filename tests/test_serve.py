@@ -1,5 +1,6 @@
 """Many runs over one frozen backbone (ptune/pool.py): a mixed-task batch gives every row what its own run gives
-alone; ``ptune predict run=[...]``, ``ptune.load_many``; which runs may share a backbone."""
+alone; ``ptune predict run=[...]``, ``ptune.load_many``; which runs may share a backbone; then the HTTP server (ptune/serve.py) on a free port, talked
+to with a real HTTP client."""
 
 from __future__ import annotations
 
@@ -220,3 +221,228 @@ def test_load_many_predicts_a_mixed_dataframe(runs):
     with pytest.raises(PtuneError, match="takes a dict, a list of dicts or a pandas DataFrame"):
         many.predict("a charming film")
 
+
+# --- the HTTP server (ptune serve) -------------------------------------------------------------------
+def test_serve_without_the_extra_is_one_line(runs, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed: importing it raises ImportError
+    assert main(["serve", str(runs["pt"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "ptune: error: ptune serve needs the serve extra (uvicorn is not installed): pip install -e '.[serve]'"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["port=eighty"], ["port='eighty' is not a number"]),
+    (["max_batch=0"], ["max_batch=0 must be >= 1"]),
+    (["workers=2"], ["ptune serve takes host=, port=, max_batch=", "'workers' is not one of them"]),
+    (["port=1", "port=2"], ["port"]),
+])
+def test_serve_settings_are_checked_in_one_line(runs, capsys, args, words):
+    pytest.importorskip("uvicorn")
+    assert main(["serve", str(runs["pt"]), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    for w in words:
+        assert w in err, err
+
+
+def test_the_batcher_gathers_waiting_requests_into_one_batch():
+    """Requests queued together run as one batch of their rows (up to max_batch), each answered with its own."""
+    import asyncio
+
+    from ptune.serve import Batcher, Settings
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def run(self, checked, n):
+            self.calls.append(n)
+            return [(None, {"row": i}, None) for i in range(n)]
+
+    async def go():
+        pool = Recorder()
+        batcher = Batcher(pool, Settings(max_batch=5, max_wait_ms=50))
+        sizes = [2, 2, 1, 3]
+        jobs = [asyncio.ensure_future(batcher.submit([(None, list(range(n)), [])], n)) for n in sizes]
+        await asyncio.sleep(0)  # all four are queued before the batcher starts
+        task = asyncio.create_task(batcher.serve())
+        answers = await asyncio.gather(*jobs)
+        task.cancel()
+        return pool.calls, answers
+
+    calls, answers = asyncio.run(go())
+    assert calls == [5, 3]  # 2 + 2 + 1 rows fill max_batch=5; the 3-row request runs next
+    assert [[o["row"] for _, o, _ in a] for a in answers] == [[0, 1], [2, 3], [4], [0, 1, 2]]
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    """``ptune serve`` on the four BERT runs, on a free port, as a subprocess; its URL from its ready line."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    for name in ("fastapi", "uvicorn", "httpx"):
+        pytest.importorskip(name, reason=f"{name} is not installed (pip install -e '.[serve]')")
+    log = open(runs["pt"].parent / "serve.log", "w+")  # noqa: SIM115  (read at the end)
+    proc = subprocess.Popen([sys.executable, "-m", "ptune", "serve", *map(str, pool_dirs(runs, "bert")), "port=0",
+                             "max_batch=16", "max_wait_ms=100", "max_rows=50", "max_bytes=20000", "max_chars=500"],
+                            stdout=subprocess.PIPE, stderr=log, text=True, env=dict(os.environ))
+    start = time.monotonic()
+    line = proc.stdout.readline()
+    assert " at http://127.0.0.1:" in line, f"no ready line after {time.monotonic() - start:.0f}s: {line!r}"
+    url = line.split(" at ")[1].split()[0]
+    yield {"url": url, "proc": proc, "log": log}
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def post(server, body, **kw):
+    import httpx
+
+    if isinstance(body, (bytes, str)) or hasattr(body, "__iter__") and not isinstance(body, (dict, list)):
+        return httpx.post(server["url"] + "/predict", content=body, timeout=120, **kw)
+    return httpx.post(server["url"] + "/predict", json=body, timeout=120, **kw)
+
+
+def test_health_runs_and_docs(server):
+    import httpx
+
+    health = httpx.get(server["url"] + "/health").json()
+    assert health["status"] == "ok" and health["runs"] == 4 and health["tasks"] == 5
+    entries = {e["name"]: e for e in httpx.get(server["url"] + "/runs").json()["entries"]}
+    assert list(entries) == ["pt-sst2:sst2", "ptun-sst2:sst2", "mrpc", "stsb", "copa"]
+    assert entries["ptun-sst2:sst2"]["method"] == "p_tuning" and entries["copa"]["labels"] == ["choice1", "choice2"]
+    assert "pearson" in entries["stsb"]["metrics"] and entries["mrpc"]["run"] == "prefix-mix"
+    assert httpx.get(server["url"] + "/docs").status_code == 200
+    spec = httpx.get(server["url"] + "/openapi.json").json()
+    assert "rows" in json.dumps(spec["paths"]["/predict"]["post"]["requestBody"])
+
+
+def test_concurrent_mixed_requests_get_what_each_run_gives_alone(runs, server):
+    """Six requests at once, each mixing tasks; every row's prediction and probabilities are its own run's."""
+    import asyncio
+
+    import httpx
+
+    rows = mixed_rows("bert")
+    requests = [rows[i::6] for i in range(6)]
+
+    async def send():
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(client.post(server["url"] + "/predict", json={"rows": r})
+                                          for r in requests))
+
+    for sent, reply in zip(requests, asyncio.run(send()), strict=True):
+        assert reply.status_code == 200, reply.text
+        got = reply.json()["predictions"]
+        assert [p["task"] for p in got] == [r["task"] for r in sent]
+        for row, p in zip(sent, got, strict=True):
+            want = alone(runs, "bert", row)
+            assert p["prediction"] == pytest.approx(want["prediction"], abs=1e-5)
+            if p["scores"] is None:
+                assert isinstance(want["prediction"], float)
+            else:
+                assert p["scores"] == pytest.approx({k[6:]: v for k, v in want.items() if k.startswith("score_")},
+                                                    abs=1e-5)
+
+
+def good(server) -> None:
+    reply = post(server, {"rows": [{"task": "copa", **copa_rows(1)[0]}, {"task": "mrpc", "sentence1": "a",
+                                                                           "sentence2": "b"}]})
+    assert reply.status_code == 200 and [p["task"] for p in reply.json()["predictions"]] == ["copa", "mrpc"]
+
+
+def chunks():
+    yield b'{"rows": ['
+    for _ in range(400):
+        yield b'{"task": "mrpc", "sentence1": "a", "sentence2": "b"}, '
+    yield b"]}"
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b'{"rows": [{"task": "mrpc"', 400, ["the body is not valid JSON"]),
+    ([1, 2], 422, ['the body must be a JSON object {"rows"']),
+    ({"rows": [], "x": 1}, 422, ["the body holds 'x'; it takes only \"rows\""]),
+    ({"rows": []}, 422, ['"rows" must be a non-empty list']),
+    ({"rows": [{"task": "cola", "sentence": "x"}]}, 422,
+     ["rows[0] names task 'cola', which is not loaded; choose one of: pt-sst2:sst2, ptun-sst2:sst2, mrpc"]),
+    ({"rows": [{"task": "sst2", "sentence": "x"}]}, 422,
+     ["names task 'sst2', which several loaded runs have; choose one of: pt-sst2:sst2, ptun-sst2:sst2"]),
+    ({"rows": [{"task": "copa", "premise": "x"}]}, 422, ["lacks column(s) choice1, choice2, question"]),
+    ({"rows": [{"task": "mrpc", "sentence1": "a", "sentence2": "b", "label": 1}]}, 422,
+     ["rows[0]: task 'mrpc' reads no column 'label'; its columns: task, sentence1, sentence2"]),
+    ({"rows": [{"task": "mrpc", "sentence1": "a", "sentence2": 7}]}, 422, ["column 'sentence2' holds 7, not text"]),
+    ({"rows": [{"task": "stsb", "sentence1": "a", "sentence2": "b " * 300}]}, 413,
+     ["rows[0]: column 'sentence2' holds 600 characters; at most 500 (max_chars=)"]),
+    ({"rows": [{"task": "stsb", "sentence1": "a", "sentence2": "b"}] * 51}, 413,
+     ["the request holds 51 rows; at most 50 (max_rows=)"]),
+    (b"{" + b" " * 30000 + b"}", 413, ["the body is 30002 bytes; at most 20000 (max_bytes=)"]),
+    (chunks(), 413, ["the body is over 20000 bytes (max_bytes=)"]),
+])
+def test_bad_input_is_a_4xx_in_one_line_and_the_server_goes_on(server, body, status, words):
+    reply = post(server, body)
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert "\n" not in error
+    for w in words:
+        assert w in error, error
+    good(server)
+
+
+def test_a_long_text_is_truncated_to_the_models_max_length(runs, server):
+    """Under max_chars but far over tiny-bert's 64 tokens: predicted on its first tokens, as ptune predict does."""
+    row = {"task": "pt-sst2:sst2", "sentence": "the acting is superb , " * 20}
+    reply = post(server, {"rows": [row]})
+    assert reply.status_code == 200
+    want = alone(runs, "bert", row)
+    assert reply.json()["predictions"][0]["scores"]["positive"] == pytest.approx(want["score_positive"], abs=1e-5)
+
+
+def test_a_client_that_disconnects_mid_request_leaves_the_server_answering(server):
+    import socket
+
+    host, port = server["url"].removeprefix("http://").split(":")
+    for sent in (b'{"rows": [{"task": "mr', b'{"rows": [{"task": "mrpc", "sentence1": "a", "sentence2": "b"}]}'):
+        with socket.create_connection((host, int(port))) as sock:  # closed mid-body, or before the answer
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(sent) + 100 * (sent[-1:] != b'}')}\r\n\r\n".encode() + sent)
+        good(server)
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_cleanly(server):
+    """A request whose body is half sent when SIGTERM arrives is still answered; then the server exits 0 and no
+    longer listens. (Last: it stops the module's server.)"""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    host, port = server["url"].removeprefix("http://").split(":")
+    body = json.dumps({"rows": [{"task": "mrpc", "sentence1": "it rains", "sentence2": "it pours"}]}).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        time.sleep(1.0)  # the server has read the headers: the request is in flight
+        server["proc"].send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        sock.sendall(body[10:])
+        sock.settimeout(120)
+        reply = b""
+        while b"}]}" not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["predictions"][0]["task"] == "mrpc"
+    assert server["proc"].wait(timeout=60) == 0
+    server["log"].seek(0)
+    assert "ptune serve: stopped (SIGTERM)" in server["log"].read()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server["url"] + "/health", timeout=5)
