@@ -126,12 +126,11 @@ class Runs:
     """Several trained runs over one frozen backbone (``ptune.load_many``; ptune/pool.py): rows of their tasks, each
     naming its task in a ``task`` column, predicted together, each row with its own run's prompt (and head)."""
 
-    def __init__(self, paths: Sequence[str | Path], overrides: Sequence[str] | dict[str, Any] = ()):
+    def __init__(self, paths: Sequence[str | Path] | str | Path, overrides: Sequence[str] | dict[str, Any] = ()):
         from ptune.pool import Pool
 
-        if isinstance(paths, (str, Path)):
-            paths = [paths]
-        self._pool = Pool.open(list(paths), overrides_of(overrides), command="ptune.load_many").load()
+        given = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        self._pool = Pool.open(given, overrides_of(overrides), command="ptune.load_many").load()
 
     @property
     def tasks(self) -> list[str]:

@@ -23,10 +23,11 @@ which is required when two loaded runs share a task. Runs must share the backbon
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -36,6 +37,9 @@ from ptune.config import Config
 from ptune.errors import CheckpointError, ConfigError, DataError
 from ptune.predict import outputs
 from ptune.tasks.base import Example, Task
+
+if TYPE_CHECKING:
+    from ptune.backbones.base import Backbone
 
 TASK = "task"  # the column of a row that names its entry
 # the settings of the body that runs served together must share (the rest, max_length included, is per run)
@@ -127,7 +131,7 @@ class Pool:
     def __init__(self, entries: list[Entry], folders: list, batch_size: int):
         self.entries, self.folders, self.batch_size = entries, folders, batch_size
         self.by_name = {e.name: e for e in entries} | {f"{e.run}:{e.task.name}": e for e in entries}
-        self.backbone = None
+        self.backbone: Backbone | None = None
         self.prompts: list = []
         self.cfg = entries[0].cfg
         self.device = torch.device("cpu")
@@ -183,7 +187,7 @@ class Pool:
         read is refused too (the HTTP API's rows; files may carry ids and labels along)."""
         from ptune.tasks.data import prediction_examples
 
-        label = label or (lambda i: f"row {i + 1}")
+        label = label or row_label
         if not rows:
             raise DataError(f"{source} holds no rows")
         chosen: dict[str, list[int]] = {}
@@ -209,7 +213,7 @@ class Pool:
             if e.key in chosen:
                 idx = chosen[e.key]
                 bare = [{k: v for k, v in rows[i].items() if k != TASK} for i in idx]
-                out.append((e, idx, prediction_examples(e.task, bare, source, lambda j, idx=idx: label(idx[j]))))
+                out.append((e, idx, prediction_examples(e.task, bare, source, functools.partial(nth, label, idx))))
         return out
 
     def predict(self, rows: list[dict], source: str = "rows", label: Callable[[int], str] | None = None,
@@ -225,16 +229,16 @@ class Pool:
         from ptune.tasks.collate import collate, featurize, to_device
         from ptune.training.loop import autocast
 
-        if self.backbone is None:
-            self.load()
+        backbone = self.backbone or self.load().backbone
+        assert backbone is not None
         out: list = [None] * n
-        family, pad = self.backbone.family, self.backbone.tokenizer.pad_token_id
+        family, pad = backbone.family, backbone.tokenizer.pad_token_id
         for g, prompts in enumerate(self.prompts):
             splits = []
             for e, idx, examples in checked:
                 if e.group == g:
                     m = e.cfg.model
-                    splits.append((e, idx, featurize(e.task, e.row, examples, self.backbone.tokenizer, family,
+                    splits.append((e, idx, featurize(e.task, e.row, examples, backbone.tokenizer, family,
                                                      m.max_length, m.max_target_length, cloze=m.head == "mlm")))
             items = sorted(((s, j) for s in range(len(splits)) for j in range(len(splits[s][1]))),
                            key=lambda sj: -splits[sj[0]][2].features[sj[1]]["length"])
@@ -250,15 +254,24 @@ class Pool:
                         where.append((e, idx, split, mine))
                 with autocast(self.cfg.trainer.precision, self.device):
                     prompt = prompts(torch.cat([b["task_ids"] for b in batches]))
-                    scores = self.backbone.forward_many(batches, prompt)
-                for (e, idx, split, mine), s in zip(where, scores, strict=True):
-                    s = s.float().cpu()
+                    scores = backbone.forward_many(batches, prompt)
+                for (e, idx, split, mine), batch_scores in zip(where, scores, strict=True):
+                    got = batch_scores.float().cpu()
                     for r, j in enumerate(mine):
-                        value = s[r].item() if s.dim() == 1 else int(s[r].argmax())
-                        raw = value if s.dim() == 1 else s[r].tolist()
+                        value = got[r].item() if got.dim() == 1 else int(got[r].argmax())
+                        raw = value if got.dim() == 1 else got[r].tolist()
                         ex = split.examples[j]
                         out[idx[j]] = (e, outputs(e.task, ex, e.task.decode(ex, value), raw), ex)
         return out
+
+
+def row_label(i: int) -> str:
+    return f"row {i + 1}"
+
+
+def nth(label: Callable[[int], str], idx: list[int], j: int) -> str:
+    """Row j of an entry's rows, named as the caller counts the rows of the whole input."""
+    return label(idx[j])
 
 
 def read_run(folder, cfg: Config, backbone, entries: list[Entry], device) -> tuple[dict[str, Tensor], int | None, int]:
@@ -308,13 +321,12 @@ def group(entries: list[Entry], folded: dict[Path, tuple[dict[str, Tensor], int 
     """Entries whose prompts have the same shapes share one stacked ``Folded`` (one forward pass per group)."""
     from ptune.methods.base import Folded
 
-    shapes: dict[tuple, list[Entry]] = {}
+    shapes: dict[tuple[int | None, tuple], list[Entry]] = {}
     for e in entries:
         t, split = folded[e.run_dir]
-        sig = (split, *sorted((k, tuple(v.shape[1:])) for k, v in t.items()))
-        shapes.setdefault(sig, []).append(e)
+        shapes.setdefault((split, tuple(sorted((k, tuple(v.shape[1:])) for k, v in t.items()))), []).append(e)
     out = []
-    for g, (sig, members) in enumerate(shapes.items()):
+    for g, ((split, _), members) in enumerate(shapes.items()):
         rows = {}
         for e in members:
             t = folded[e.run_dir][0]
@@ -322,7 +334,7 @@ def group(entries: list[Entry], folded: dict[Path, tuple[dict[str, Tensor], int 
         for r, e in enumerate(members):
             e.group, e.row = g, r
         stacked = {k: torch.stack([rows[e.key][k] for e in members]).to(device) for k in rows[members[0].key]}
-        out.append(Folded(stacked, sig[0]))
+        out.append(Folded(stacked, split))
     return out
 
 

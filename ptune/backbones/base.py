@@ -9,6 +9,7 @@ A backbone never knows which method made the prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ class Output:
 class Backbone(nn.Module):
     family: str
     model: nn.Module  # frozen
+    tokenizer: Any  # the model's Hugging Face tokenizer
 
     def dims(self) -> BackboneDims:
         raise NotImplementedError
