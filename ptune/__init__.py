@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from ptune.api import Run, load, train  # noqa: E402  (the notebook API, docs/api.md)
+from ptune.api import Run, Runs, load, load_many, train  # noqa: E402  (the notebook API, docs/api.md)
 
-__all__ = ["Run", "__version__", "load", "train"]
+__all__ = ["Run", "Runs", "__version__", "load", "load_many", "train"]

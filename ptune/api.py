@@ -5,6 +5,9 @@
     run = ptune.load(results["run_dir"])                                  # as `ptune predict`, kept in memory
     run.predict(["a charming film", "a dull mess"])                       # -> pandas.DataFrame
     run.export(format="peft", out="adapter/")                             # as `ptune export`: PEFT adapters
+    runs = ptune.load_many(["outputs/sst2-run", "outputs/rte-run"])      # one backbone, several runs' prompts
+    runs.predict([{"task": "sst2", "sentence": "a charming film"},        # rows of both tasks in one batch
+                  {"task": "rte", "sentence1": "It rains.", "sentence2": "It is wet."}])
 
 ``predict`` returns a DataFrame: the input columns, then ``prediction`` and the score columns that
 ``ptune predict`` writes (ptune/predict.py), one row per input in input order.
@@ -117,6 +120,51 @@ class Run:
         """The run as another library's adapters (``ptune export``; ptune/export/peft.py): one per task, or
         ``task``'s; ``out`` defaults to ``<run_dir>-peft``. Returns what was written."""
         return export(self.run_dir, format, out, task)
+
+
+class Runs:
+    """Several trained runs over one frozen backbone (``ptune.load_many``; ptune/pool.py): rows of their tasks, each
+    naming its task in a ``task`` column, predicted together, each row with its own run's prompt (and head)."""
+
+    def __init__(self, paths: Sequence[str | Path] | str | Path, overrides: Sequence[str] | dict[str, Any] = ()):
+        from ptune.pool import Pool
+
+        given = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        self._pool = Pool.open(given, overrides_of(overrides), command="ptune.load_many").load()
+
+    @property
+    def tasks(self) -> list[str]:
+        """What a row's ``task`` may say: a task's name, or ``RUN:TASK`` where two runs share the task."""
+        return self._pool.names
+
+    def describe(self) -> list[dict]:
+        """Each (run, task) entry: run, task, method, labels, best metrics (as ``GET /runs`` lists them)."""
+        return [e.describe() for e in self._pool.entries]
+
+    def __repr__(self) -> str:
+        return f"ptune.Runs({len(self._pool.folders)} runs, tasks={self.tasks})"
+
+    def predict(self, data):
+        """Predictions for ``data``: a list of dicts or a DataFrame, each row with a ``task`` column and that task's
+        input columns. Returns a pandas DataFrame in input order: the input columns, ``prediction`` and scores."""
+        import pandas as pd
+
+        if isinstance(data, dict):
+            data = [data]
+        if isinstance(data, pd.DataFrame):
+            rows, names = data.to_dict("records"), [f"the row at index {i!r}" for i in data.index]
+        elif isinstance(data, (list, tuple)) and all(isinstance(r, dict) for r in data):
+            rows, names = list(data), [f"data[{i}]" for i in range(len(data))]
+        else:
+            raise ConfigError(f"Runs.predict takes a dict, a list of dicts or a pandas DataFrame, each row with a "
+                              f"'task' column; got {type(data).__name__}")
+        results = self._pool.predict(rows, "load_many input", names.__getitem__)
+        return pd.DataFrame([{**row, **out} for row, (_, out, _) in zip(rows, results, strict=True)])
+
+
+def load_many(paths: Sequence[str | Path] | str | Path, overrides: Sequence[str] | dict[str, Any] = ()) -> Runs:
+    """Run or sweep folders of one backbone, loaded once, ready to predict rows that mix their tasks."""
+    return Runs(paths, overrides)
 
 
 def export(run_dir: str | Path, format: str, out: str | Path | None = None, task: str | None = None) -> dict:  # noqa: A002

@@ -41,6 +41,10 @@ commands:
   predict    a saved run's predictions (label, per-class scores) for a .jsonl/.csv/.parquet file, or for a
              task's split (test splits are unlabelled):   ptune predict run=outputs/<run> input=rows.jsonl
              [out=preds.csv] [task=<one of a mixture's>] | ptune predict run=outputs/<run> data.eval_split=test
+             several runs of one backbone, rows naming their task:  ptune predict run=[A,B] input=rows.jsonl
+  serve      many runs of one backbone behind an HTTP JSON API (POST /predict: rows of any of their tasks,
+             mixed in one batch; GET /runs, /health, /docs; needs the serve extra): ptune serve RUN_OR_SWEEP_DIR...
+             [host=127.0.0.1] [port=8000] [max_batch=32] [max_wait_ms=5]   (docs/serve.md)
   export     a saved run as Hugging Face PEFT adapters (PeftModel.from_pretrained loads them), with a model
              card and the run beside them:   ptune export run=outputs/<run> format=peft [out=DIR] [task=NAME]
   describe   the resolved config, then the method's trainable parameters (share of the backbone) and
@@ -155,10 +159,31 @@ def cmd_predict(overrides: list[str]) -> int:
     if "run" not in given:
         raise ConfigError("ptune predict needs run=<run folder>, e.g. ptune predict run=outputs/<run> input=rows.jsonl")
     rest = [o for o in overrides if not o.startswith(("run=", "input=", "out=", "task="))]
+    paths = several_runs(given["run"])
+    if paths:
+        from ptune import pool
+
+        if "task" in given:
+            raise ConfigError("task= picks a task of one run; with several runs each row names its task in a 'task' "
+                              "column")
+        print(json.dumps(pool.command(paths, given.get("input"), given.get("out"), rest, Console(stderr=True))))
+        return 0
     done = predict.command(Path(given["run"]), given.get("input"), given.get("out"), given.get("task"), rest,
                            Console(stderr=True))
     print(json.dumps(done))
     return 0
+
+
+def several_runs(run: str) -> list[str] | None:
+    """``run=[A,B,...]``, or a folder holding runs (a sweep): the run or sweep folders; None: one run folder."""
+    from ptune import run_folder
+
+    if run.startswith("[") and run.endswith("]"):
+        return [p.strip() for p in run[1:-1].split(",") if p.strip()]
+    folder = Path(run)
+    if folder.is_dir() and not run_folder.is_run(folder) and next(run_folder.find(folder), None) is not None:
+        return [run]
+    return None
 
 
 def cmd_export(args: list[str]) -> int:
@@ -177,6 +202,13 @@ def cmd_export(args: list[str]) -> int:
         raise ConfigError(f"ptune export needs format=<{'|'.join(EXPORT_FORMATS)}>, e.g. ptune export run=... format=peft")
     print(json.dumps(export(given["run"], given["format"], given.get("out"), given.get("task"))))
     return 0
+
+
+def cmd_serve(args: list[str]) -> int:
+    """Many runs over one frozen backbone behind an HTTP API (ptune/serve.py)."""
+    from ptune import serve
+
+    return serve.command(args)
 
 
 def cmd_describe(overrides: list[str]) -> int:
@@ -297,9 +329,9 @@ def cmd_similarity(args: list[str]) -> int:
                            Console(width=None if sys.stdout.isatty() else 200))
 
 
-LOADS_MODELS = ("train", "eval", "predict", "describe", "export")  # the commands that may reach the hub
-COMMANDS = {"runs": cmd_runs, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
-            "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot, "similarity": cmd_similarity}
+LOADS_MODELS = ("train", "eval", "predict", "describe", "export", "serve")  # the commands that may reach the hub
+COMMANDS = {"runs": cmd_runs, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "serve": cmd_serve,
+            "export": cmd_export, "describe": cmd_describe, "table": cmd_table, "plot": cmd_plot, "similarity": cmd_similarity}
 
 
 def main(argv: list[str] | None = None) -> int:

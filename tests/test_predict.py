@@ -17,11 +17,11 @@ LONG = " ".join(["a long , winding and thoroughly tedious sentence"] * 12)
 VARIED = ["ok", LONG, "a fine film", "bad", "the acting is superb and the story moving , " * 3, "meh"]
 
 
-def train(path, model, task, *extra):
+def train(path, model, task, *extra, method="prompt_tuning"):
     names = task.split(",")
     root = root_for(tasks.get(names[0]), "train")
     task_arg = f"task=[{task}]" if len(names) > 1 else f"task={task}"
-    assert main(["train", f"model={model}", "method=prompt_tuning", task_arg, f"data.root={root}",
+    assert main(["train", f"model={model}", f"method={method}", task_arg, f"data.root={root}",
                  "trainer.max_steps=2", "trainer.eval_every=2", "data.train_limit=16", "data.eval_limit=8",
                  "trainer.progress=false", "trainer.eval_batch_size=4", f"run_dir={path}", *extra]) == 0
     return path

@@ -9,6 +9,7 @@ A backbone never knows which method made the prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,12 +26,20 @@ class Output:
 class Backbone(nn.Module):
     family: str
     model: nn.Module  # frozen
+    tokenizer: Any  # the model's Hugging Face tokenizer
 
     def dims(self) -> BackboneDims:
         raise NotImplementedError
 
     def forward(self, batch: dict, prompt: Prompt, *, score: bool = True) -> Output:
         """Loss (when the batch has targets) and, if ``score``, per-example scores."""
+        raise NotImplementedError
+
+    def forward_many(self, batches: list[dict], prompt: Prompt) -> list[Tensor]:
+        """Scores of several one-task batches (each as ``tasks.collate`` builds it, possibly of different tasks,
+        lengths and candidate counts) from one pass through the body: ``prompt`` holds one row per example, the
+        batches' examples in order. Returns each batch's scores as :meth:`forward` would give them alone (its own
+        choices' width; its own head on a BERT-family body). ptune serve's mixed-task batches (ptune/pool.py)."""
         raise NotImplementedError
 
     def head_parameters(self) -> list[nn.Parameter]:
@@ -50,3 +59,14 @@ class Backbone(nn.Module):
         mask = torch.cat([mask[:, :at], ones, mask[:, at:]], dim=1)
         return embeds, mask
 
+
+
+def pad_cat(tensors: list[Tensor], value: float | bool) -> Tensor:
+    """Concatenate along dim 0, padding every later dim to the widest with ``value`` (right padding)."""
+    shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    out = tensors[0].new_full((sum(len(t) for t in tensors), *shape), value)
+    row = 0
+    for t in tensors:
+        out[(slice(row, row + len(t)), *(slice(0, n) for n in t.shape[1:]))] = t
+        row += len(t)
+    return out

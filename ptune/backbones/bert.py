@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ptune.backbones import attention
-from ptune.backbones.base import Backbone, Output
+from ptune.backbones.base import Backbone, Output, pad_cat
 from ptune.methods.base import BackboneDims, Prompt
 
 # model types whose embeddings shift absolute position ids by the length of a past (BertEmbeddings'
@@ -141,6 +141,34 @@ class BertBackbone(Backbone):
 
     def forward(self, batch: dict, prompt: Prompt, *, score: bool = True) -> Output:
         hidden, pooled = self.encode(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), prompt)
+        return self.score(batch, prompt, hidden, pooled)
+
+    def forward_many(self, batches: list[dict], prompt: Prompt) -> list[Tensor]:
+        """One encoder pass over several one-task batches (padded to the longest row), then each batch's rows
+        scored by its own task's head (``batch["task"]`` names it in ``self.heads``). A multiple-choice batch
+        reads one encoder row per choice, so each example's prompt row is repeated over its choices."""
+        examples = [len(b["targets"]) for b in batches]
+        rows = [len(b["input_ids"]) for b in batches]
+        if any(r != e for r, e in zip(rows, examples, strict=True)):
+            per = [r // e for r, e in zip(rows, examples, strict=True) for _ in range(e)]
+            prompt = repeat_rows(prompt, torch.tensor(per, device=batches[0]["input_ids"].device))
+        pad = self.tokenizer.pad_token_id
+        ids = pad_cat([b["input_ids"] for b in batches], pad)
+        mask = pad_cat([b["attention_mask"] for b in batches], 0)
+        types = pad_cat([b["token_type_ids"] for b in batches], 0) if "token_type_ids" in batches[0] else None
+        hidden, pooled = self.encode(ids, mask, types, prompt)
+        out, at = [], 0
+        for b, n in zip(batches, rows, strict=True):
+            view = {k: v for k, v in b.items() if k != "labels"}
+            view.update(input_ids=ids[at : at + n], attention_mask=mask[at : at + n])
+            if "span_mask" in b:  # over this batch's input positions: widened to the merged batch's
+                view["span_mask"] = F.pad(b["span_mask"], (0, ids.shape[1] - b["span_mask"].shape[-1]))
+            out.append(self.score(view, prompt, hidden[at : at + n], pooled[at : at + n]).scores)
+            at += n
+        return out
+
+    def score(self, batch: dict, prompt: Prompt, hidden: Tensor, pooled: Tensor) -> Output:
+        """The loss and scores of one task's rows from their encoded states (``batch["task"]``'s head)."""
         if self.cloze:
             return self.cloze_scores(batch, prompt, hidden)
         head = self.heads[batch["task"]]
@@ -216,6 +244,16 @@ def expand(prompt: Prompt, n: int) -> Prompt:
         else [(k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)) for k, v in prompt.keys_values],
         split=prompt.split,
     )
+
+
+def repeat_rows(prompt: Prompt, repeats: Tensor) -> Prompt:
+    """Example i's prompt row ``repeats[i]`` times (a mixed batch's multiple-choice rows, one per choice)."""
+
+    def rep(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.repeat_interleave(repeats, 0)
+
+    kv = None if prompt.keys_values is None else [(rep(k), rep(v)) for k, v in prompt.keys_values]
+    return Prompt(rep(prompt.embeds), kv, split=prompt.split)  # type: ignore[arg-type]
 
 
 def span_pool(hidden: Tensor, span_mask: Tensor, soft: tuple[int, int]) -> Tensor:

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ptune.backbones import attention
-from ptune.backbones.base import Backbone, Output
+from ptune.backbones.base import Backbone, Output, pad_cat
 from ptune.methods.base import BackboneDims, Prompt
+from ptune.tasks.collate import IGNORE
 
 
 class T5Backbone(Backbone):
@@ -106,6 +107,22 @@ class T5Backbone(Backbone):
             scores = sequence_logprob(logits, cands.flatten(0, 1)).view(b, c)
             scores = scores.masked_fill(~batch["choice_mask"], float("-inf"))
         return Output(loss, scores)
+
+    def forward_many(self, batches: list[dict], prompt: Prompt) -> list[Tensor]:
+        """One pass over several one-task batches: inputs padded to the longest, candidates to the most and
+        longest (padding candidates score -inf, padding tokens are ignored); each batch's scores cut back to
+        its own candidates."""
+        merged = {"input_ids": pad_cat([b["input_ids"] for b in batches], self.tokenizer.pad_token_id),
+                  "attention_mask": pad_cat([b["attention_mask"] for b in batches], 0),
+                  "cand_ids": pad_cat([b["cand_ids"] for b in batches], IGNORE),
+                  "choice_mask": pad_cat([b["choice_mask"] for b in batches], False)}
+        scores = self.forward(merged, prompt).scores
+        out, at = [], 0
+        for b in batches:
+            n, c = b["cand_ids"].shape[:2]
+            out.append(scores[at : at + n, :c])
+            at += n
+        return out
 
 
 def shift_right(targets: Tensor, config) -> Tensor:

@@ -55,12 +55,16 @@ def catch_signals(flag: dict):
 def amp_context(parts: Parts):
     """CUDA: autocast for bf16 / fp16. CPU: a frozen body is stored in bf16 itself, so no autocast; a
     trainable body keeps fp32 master weights and runs under bf16 autocast."""
-    p = parts.cfg.trainer.precision
+    return autocast(parts.cfg.trainer.precision, parts.device, bool(parts.cfg.model.trainable))
+
+
+def autocast(p: str, device: torch.device, trainable: bool = False):
+    """:func:`amp_context` from its three inputs (the precision, the device, whether the body trains)."""
     if p == "fp32":
         return nullcontext()
-    if parts.device.type == "cuda":
+    if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16 if p == "bf16" else torch.float16)
-    if parts.cfg.model.trainable and p == "bf16":
+    if trainable and p == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
 
