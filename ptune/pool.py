@@ -306,13 +306,11 @@ def read_run(folder, cfg: Config, backbone, entries: list[Entry], device) -> tup
 def fold(cfg: Config, backbone, tensors: dict[str, Tensor], path: Path, device) -> dict[str, Tensor]:
     """The run's method rebuilt, its checkpoint loaded, then folded (``PromptMethod.export``)."""
     from ptune import methods, tasks
-    from ptune.run import verbalizers
     from ptune.training import checkpoint as ckpt
 
     run_tasks = [tasks.get(n) for n in cfg.task_names]
-    infos = [methods.TaskInfo(t.name, verbalizers(t), tasks.DESCRIPTIONS.get(t.name, "")) for t in run_tasks]
     torch.manual_seed(cfg.seed)
-    method = methods.build(cfg.method, backbone.dims(), [i.label_words for i in infos], infos).to(device).eval()
+    method = methods.build_for(cfg.method, backbone.dims(), run_tasks).to(device).eval()
     ckpt.load_trainable({"method": method}, {k: v for k, v in tensors.items() if k.startswith("method.")}, path)
     return method.export(torch.arange(len(run_tasks), device=device))
 

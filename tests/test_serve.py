@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 import ptune
-from ptune import predict, tasks
+from ptune import predict, run_folder, tasks
 from ptune.cli import main
 from ptune.errors import PtuneError
 from ptune.pool import Pool
@@ -113,6 +113,18 @@ def test_a_mixed_batch_gives_each_row_what_its_own_run_gives_alone(runs, family,
     for row, (entry, out, _) in zip(rows, got, strict=True):
         assert entry.name == row["task"]
         assert_same(out, alone(runs, family, row))
+
+
+def test_a_run_without_its_folded_prompt_is_folded_from_its_checkpoint(runs, tmp_path):
+    """A run folder whose folded.safetensors is gone (an older run, a copy) is rebuilt from prompt.safetensors and
+    folded: the pool gives what the run gives alone."""
+    copy = tmp_path / "prefix-mix"
+    shutil.copytree(runs["prefix"], copy)
+    run_folder.open(copy).folded.unlink()
+    pool = Pool.open([copy]).load()
+    rows = [{"task": "mrpc", "sentence1": a, "sentence2": b} for a, b in PAIRS]
+    for row, (_, out, _) in zip(rows, pool.predict(rows), strict=True):
+        assert_same(out, alone(runs, "bert", row))
 
 
 def test_entries_are_named_by_task_or_run_and_task(runs):

@@ -121,18 +121,24 @@ def whole(tmp_path_factory) -> Path:
     return run_dir
 
 
+def running_at(run_dir: Path, steps: list[str], step: int) -> subprocess.Popen:
+    """A two-process run started in the background, returned once its saved state has reached ``step``."""
+    proc = subprocess.Popen(two_processes(run_dir, *steps), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while state_step(run_dir) < step and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    return proc
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killed_two_process_run_resumes(whole, tmp_path, sig):
     """SIGTERM to torchrun (it forwards it: every rank stops at the same step and rank 0 saves), or
     SIGKILL to torchrun and its workers, as a lost node (the state of the last ``save_every`` step is kept); then the same
     command resumes to the parameters and evaluations of an uninterrupted run."""
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(two_processes(run_dir, *STEPS), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while state_step(run_dir) < 10 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    proc = running_at(run_dir, STEPS, 10)
     for pid in [proc.pid] if sig == signal.SIGTERM else [proc.pid, *descendants(proc.pid)]:
         os.kill(pid, sig)
     proc.communicate(timeout=120)
@@ -146,15 +152,10 @@ def test_killed_two_process_run_resumes(whole, tmp_path, sig):
 
 def test_workers_stop_when_torchrun_is_killed_alone(tmp_path):
     """SIGKILL to torchrun only (its workers get no signal): each rank notices its launcher is gone, says so in
-    one line and stops, so no orphan keeps training or holds the run folder's lock; the state it saved resumes."""
+    one line and stops, so no orphan keeps training or holds the run folder's lock; the state it saved stays."""
     run_dir = tmp_path / "run"
     steps = [*STEPS[:3], "trainer.max_steps=100000", "trainer.eval_every=100000", "trainer.save_every=2"]
-    proc = subprocess.Popen(two_processes(run_dir, *steps), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while state_step(run_dir) < 4 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    proc = running_at(run_dir, steps, 4)
     workers = descendants(proc.pid)
     assert len(workers) >= 2
     proc.kill()  # torchrun alone
