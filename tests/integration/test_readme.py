@@ -39,6 +39,8 @@ NOT_RUN = [
     (r"hydra/launcher=submitit_slurm", "needs a SLURM cluster (tests/test_launchers.py runs submitit_local)"),
     (r"^pip install", "installs packages (make install brings every extra, through .[dev])"),
     (r"^tensorboard ", "starts a server that runs until stopped"),
+    (r"^ptune serve ", "starts a server that runs until stopped (tests/test_serve.py runs one on a free port)"),
+    (r"^curl ", "talks to that server"),
     (r"logger\.tracking_uri=http", "a placeholder (`...`) and an MLflow server"),
     (r"--nproc_per_node=4", "four GPUs and the hub's T5 weights"),
 ]
