@@ -227,7 +227,7 @@ class Pool:
         """Checked rows through the model: per prompt group, length-sorted batches of ``batch_size`` rows that mix
         the group's entries, one forward pass each."""
         from ptune.tasks.collate import collate, featurize, to_device
-        from ptune.training.loop import autocast
+        from ptune.training.loop import autocast, read_score
 
         backbone = self.backbone or self.load().backbone
         assert backbone is not None
@@ -258,8 +258,7 @@ class Pool:
                 for (e, idx, split, mine), batch_scores in zip(where, scores, strict=True):
                     got = batch_scores.float().cpu()
                     for r, j in enumerate(mine):
-                        value = got[r].item() if got.dim() == 1 else int(got[r].argmax())
-                        raw = value if got.dim() == 1 else got[r].tolist()
+                        value, raw = read_score(got, r)
                         ex = split.examples[j]
                         out[idx[j]] = (e, outputs(e.task, ex, e.task.decode(ex, value), raw), ex)
         return out

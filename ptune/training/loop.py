@@ -13,6 +13,7 @@ import signal
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -69,6 +70,15 @@ def autocast(p: str, device: torch.device, trainable: bool = False):
     return nullcontext()
 
 
+def read_score(scores: torch.Tensor, row: int) -> tuple[int | float, Any]:
+    """A batch row's (value, raw scores): a regression head's value twice, else the best candidate's index and the
+    list over candidates. ``predict`` and the pool (ptune/pool.py) read the backbone's scores through it."""
+    if scores.dim() == 1:
+        value = scores[row].item()
+        return value, value
+    return int(scores[row].argmax()), scores[row].tolist()
+
+
 @torch.inference_mode()
 def predict(parts: Parts, split: Split, batch_size: int, *, with_scores: bool = False, progress=None):
     """Per-example predictions (decoded by the task), in the split's order (batches run length-sorted).
@@ -89,10 +99,8 @@ def predict(parts: Parts, split: Split, batch_size: int, *, with_scores: bool = 
             out = parts.backbone(batch, parts.method(batch["task_ids"]))
         scores = out.scores.float().cpu()
         for row, i in enumerate(batch["index"].tolist()):
-            value = scores[row].item() if scores.dim() == 1 else int(scores[row].argmax())
+            value, raw[i] = read_score(scores, row)
             preds[i] = split.task.decode(split.examples[i], value)
-            if with_scores:
-                raw[i] = scores[row].tolist()
         if progress is not None:
             progress(len(batch["index"]))
     return (preds, raw) if with_scores else preds
